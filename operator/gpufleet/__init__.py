@@ -1,0 +1,1 @@
+"""gpufleet: a Kubernetes operator for fleets of GPU Celery workers."""
