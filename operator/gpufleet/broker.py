@@ -1,0 +1,235 @@
+"""Reading a Celery Redis broker: kombu's key layout (pure) and the probe (one pipelined round trip)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+import redis
+
+from gpufleet.policy import Depth
+
+KOMBU_SEP = "\x06\x16"
+KOMBU_STEPS = (0, 3, 6, 9)
+
+
+class BrokerUnreachable(Exception):
+    """The broker could not be read. The message never carries a password."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where kombu's Redis transport keeps a Celery app's queues (its transport options)."""
+
+    global_keyprefix: str = ""
+    priority_steps: tuple[int, ...] = KOMBU_STEPS
+    separator: str = KOMBU_SEP
+    unacked_key: str = "unacked"
+
+    def list_keys(self, queue: str) -> list[str]:
+        """One Redis list per priority step: kombu's `_q_for_pri`, with the global prefix its client adds."""
+        return [
+            self.global_keyprefix + (f"{queue}{self.separator}{step}" if step else queue)
+            for step in sorted(set(self.priority_steps))
+        ]
+
+    @property
+    def unacked(self) -> str:
+        return self.global_keyprefix + self.unacked_key
+
+    def workers_key(self, fleet: str) -> str:
+        """The hash where the workers of `fleet` ("namespace/name") publish whether they are busy."""
+        return f"{self.global_keyprefix}gpufleet:workers:{fleet}"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach one broker. Two fleets with equal Connections share one pool and one round trip."""
+
+    url: str
+    password: str | None = field(default=None, repr=False)
+    database: int | None = None
+    tls: bool = False
+    tls_insecure: bool = False
+    tls_ca_pem: str | None = field(default=None, repr=False)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL as it may be shown in a log, an Event or a status: credentials removed."""
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return parts._replace(netloc=netloc, query="").geturl()
+
+    def client_kwargs(self) -> dict:
+        parts = urlsplit(self.url)
+        path_db = parts.path.strip("/")
+        kwargs: dict = {
+            "host": parts.hostname or "localhost",
+            "port": parts.port or 6379,
+            "db": self.database if self.database is not None else int(path_db or 0),
+            "username": unquote(parts.username) if parts.username else None,
+            "password": self.password if self.password is not None else (unquote(parts.password) if parts.password else None),
+        }
+        if self.tls or parts.scheme == "rediss":
+            kwargs |= {"ssl": True, "ssl_cert_reqs": "none" if self.tls_insecure else "required"}
+            if self.tls_ca_pem:
+                kwargs["ssl_ca_data"] = self.tls_ca_pem
+        return kwargs
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker's entry of the fleet's state hash (see docs/worker-contract.md)."""
+
+    busy: bool
+    since: float
+    expires: float
+    active: int = 0
+    done: int = 0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one probe saw for one fleet."""
+
+    queues: Mapping[str, Depth]
+    workers: Mapping[str, WorkerState]  # pod name -> state, live entries only
+
+    @property
+    def depth(self) -> Depth:
+        return Depth(sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values()))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One fleet's part of a probe."""
+
+    fleet: str
+    queues: tuple[str, ...]
+    layout: Layout = Layout()
+
+
+class Probe(Protocol):
+    def read(self, requests: Sequence[Request], now: float) -> dict[str, Reading]: ...
+
+
+# Counts the unacknowledged deliveries per routing key on the server, so the payloads never cross the wire.
+# kombu stores each as json [message, exchange, routing_key]: the routing key is the last string.
+_COUNT_UNACKED = """
+local counts = {}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local rk = string.match(string.sub(v, -1024), '"([^"]*)"%s*%]%s*$')
+  if rk then counts[rk] = (counts[rk] or 0) + 1 end
+end
+local out = {}
+for k, n in pairs(counts) do out[#out + 1] = k; out[#out + 1] = n end
+return out
+"""
+
+
+def parse_workers(raw: Mapping[bytes | str, bytes | str], now: float) -> dict[str, WorkerState]:
+    """Live worker entries of a state hash; stale (dead workers') and unreadable entries are left out."""
+    out = {}
+    for pod, value in raw.items():
+        try:
+            doc = json.loads(value)
+            state = WorkerState(
+                busy=bool(doc["busy"]),
+                since=float(doc["since"]),
+                expires=float(doc["expires"]),
+                active=int(doc.get("active", 0)),
+                done=int(doc.get("done", 0)),
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+        if state.expires >= now:
+            out[pod.decode() if isinstance(pod, bytes) else pod] = state
+    return out
+
+
+class RedisProbe:
+    """Reads every queue of every fleet on one broker in a single pipelined round trip."""
+
+    def __init__(self, connection: Connection, timeout: float = 2.0) -> None:
+        self.connection = connection
+        self._client = redis.Redis(
+            **connection.client_kwargs(),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=4,
+        )
+
+    def read(self, requests: Sequence[Request], now: float | None = None) -> dict[str, Reading]:
+        now = time.time() if now is None else now
+        pipe = self._client.pipeline(transaction=False)
+        plan: list[tuple[str, str, int]] = []  # (fleet, queue, number of list keys)
+        for req in requests:
+            for queue in req.queues:
+                keys = req.layout.list_keys(queue)
+                for key in keys:
+                    pipe.llen(key)
+                plan.append((req.fleet, queue, len(keys)))
+        unacked_keys = sorted({req.layout.unacked for req in requests})
+        for key in unacked_keys:
+            pipe.eval(_COUNT_UNACKED, 1, key)
+        for req in requests:
+            pipe.hgetall(req.layout.workers_key(req.fleet))
+        try:
+            replies = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnreachable(f"{self.connection.safe_url}: {type(exc).__name__}: {exc}") from None
+
+        lengths = iter(replies)
+        queued: dict[tuple[str, str], int] = {}
+        for fleet, queue, n in plan:
+            queued[(fleet, queue)] = sum(next(lengths) for _ in range(n))
+        rest = replies[sum(n for _, _, n in plan) :]
+        unacked: dict[str, dict[str, int]] = {}
+        for key, flat in zip(unacked_keys, rest, strict=False):
+            pairs = iter(flat)
+            unacked[key] = {(k.decode() if isinstance(k, bytes) else k): int(n) for k, n in zip(pairs, pairs, strict=True)}
+        states = rest[len(unacked_keys) :]
+
+        readings = {}
+        for req, state in zip(requests, states, strict=True):
+            running = unacked[req.layout.unacked]
+            readings[req.fleet] = Reading(
+                queues={q: Depth(queued[(req.fleet, q)], running.get(q, 0)) for q in req.queues},
+                workers=parse_workers(state, now),
+            )
+        return readings
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class ProbePool:
+    """One RedisProbe (and so one connection pool) per distinct broker, dropped when no fleet uses it."""
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self._timeout = timeout
+        self._probes: dict[Connection, RedisProbe] = {}
+        self._lock = threading.Lock()
+
+    def get(self, connection: Connection) -> RedisProbe:
+        with self._lock:
+            probe = self._probes.get(connection)
+            if probe is None:
+                probe = self._probes[connection] = RedisProbe(connection, self._timeout)
+            return probe
+
+    def keep_only(self, connections: Iterable[Connection]) -> None:
+        wanted = set(connections)
+        with self._lock:
+            for conn in [c for c in self._probes if c not in wanted]:
+                self._probes.pop(conn).close()
+
+    def close(self) -> None:
+        self.keep_only(())

@@ -1,0 +1,211 @@
+"""The typed GpuTaskQueue spec: defaults from the CRD, plus the checks its schema cannot express."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from gpufleet.crd import defaulted_spec
+
+
+class SpecError(ValueError):
+    """A spec the schema let through but the operator cannot honour; `path` names the field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TLSSpec:
+    enabled: bool = False
+    insecure_skip_verify: bool = False
+    ca_secret_ref: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    url: str | None = None
+    url_secret_ref: SecretKeyRef | None = None
+    password_secret_ref: SecretKeyRef | None = None
+    database: int | None = None
+    tls: TLSSpec = TLSSpec()
+    global_keyprefix: str = ""
+    priority_steps: tuple[int, ...] = (0, 3, 6, 9)
+    separator: str = "\x06\x16"
+    unacked_key: str = "unacked"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    celery_app: str = "gpufleet_worker.app:app"
+    pool: str = "solo"
+    concurrency: int = 1
+    gpus: int = 1
+    gpu_resource: str = "nvidia.com/gpu"
+    require_gpu: bool = True
+    task_time_limit_seconds: int = 3600
+    visibility_timeout_seconds: int = 7200
+    termination_grace_period_seconds: int = 3600
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    env: tuple[Mapping[str, Any], ...] = ()
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+
+    @property
+    def slots(self) -> int:
+        """Tasks one worker pod runs at once."""
+        return 1 if self.pool == "solo" else self.concurrency
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    min_replicas: int = 0
+    max_replicas: int = 10
+    target_tasks_per_replica: int = 1
+    activation_threshold: int = 1
+    poll_interval_seconds: float = 1.0
+    scale_up_stabilization_seconds: int = 0
+    scale_down_stabilization_seconds: int = 60
+    max_step_up: int = 10
+    max_step_down: int = 10
+    idle_seconds_before_zero: int = 300
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    broker: BrokerSpec
+    queues: tuple[str, ...]
+    worker: WorkerSpec
+    scaling: ScalingSpec = ScalingSpec()
+
+
+def _ref(raw: Mapping[str, Any] | None) -> SecretKeyRef | None:
+    return SecretKeyRef(raw["name"], raw["key"]) if raw else None
+
+
+def _check_url(url: str | None) -> None:
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise SpecError("spec.broker.url", f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise SpecError("spec.broker.url", f"scheme must be redis or rediss, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise SpecError("spec.broker.url", "has no host")
+    if parts.username or parts.password:
+        raise SpecError("spec.broker.url", "must not carry credentials; use broker.passwordSecretRef")
+
+
+def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
+    """Read a GpuTaskQueue spec (as served, or as written by hand) into the typed model.
+
+    Raises SpecError for what the CRD schema cannot refuse at `kubectl apply` time.
+    """
+    try:
+        s = defaulted_spec(raw)
+        b, w, sc = s["broker"], s["worker"], s["scaling"]
+        tls = b["tls"]
+        broker = BrokerSpec(
+            url=b.get("url"),
+            url_secret_ref=_ref(b.get("urlSecretRef")),
+            password_secret_ref=_ref(b.get("passwordSecretRef")),
+            database=b.get("database"),
+            tls=TLSSpec(tls["enabled"], tls["insecureSkipVerify"], _ref(tls.get("caSecretRef"))),
+            global_keyprefix=b["globalKeyprefix"],
+            priority_steps=tuple(b["prioritySteps"]),
+            separator=b["separator"],
+            unacked_key=b["unackedKey"],
+        )
+        res = w["resources"]
+        worker = WorkerSpec(
+            image=w["image"],
+            image_pull_policy=w["imagePullPolicy"],
+            command=tuple(w.get("command", ())),
+            args=tuple(w.get("args", ())),
+            celery_app=w["celeryApp"],
+            pool=w["pool"],
+            concurrency=w["concurrency"],
+            gpus=w["gpus"],
+            gpu_resource=w["gpuResource"],
+            require_gpu=w["requireGpu"],
+            task_time_limit_seconds=w["taskTimeLimitSeconds"],
+            visibility_timeout_seconds=w["visibilityTimeoutSeconds"],
+            termination_grace_period_seconds=w["terminationGracePeriodSeconds"],
+            resources={k: dict(res[k]) for k in ("requests", "limits") if res.get(k)},
+            env=tuple(w.get("env", ())),
+            pod_labels=dict(w.get("podLabels", {})),
+            pod_annotations=dict(w.get("podAnnotations", {})),
+            node_selector=dict(w.get("nodeSelector", {})),
+            tolerations=tuple(w.get("tolerations", ())),
+            affinity=w.get("affinity"),
+            priority_class_name=w.get("priorityClassName"),
+            service_account_name=w.get("serviceAccountName"),
+            image_pull_secrets=tuple(p["name"] for p in w.get("imagePullSecrets", ())),
+        )
+        scaling = ScalingSpec(
+            min_replicas=sc["minReplicas"],
+            max_replicas=sc["maxReplicas"],
+            target_tasks_per_replica=sc["targetTasksPerReplica"],
+            activation_threshold=sc["activationThreshold"],
+            poll_interval_seconds=float(sc["pollIntervalSeconds"]),
+            scale_up_stabilization_seconds=sc["scaleUpStabilizationSeconds"],
+            scale_down_stabilization_seconds=sc["scaleDownStabilizationSeconds"],
+            max_step_up=sc["maxStepUp"],
+            max_step_down=sc["maxStepDown"],
+            idle_seconds_before_zero=sc["idleSecondsBeforeZero"],
+            paused=sc["paused"],
+        )
+        queues = tuple(s["queues"])
+    except KeyError as exc:
+        raise SpecError(f"spec.{exc.args[0]}", "is required") from None
+    except (TypeError, AttributeError) as exc:
+        raise SpecError("spec", f"malformed ({exc})") from None
+    return _validated(QueueSpec(broker, queues, worker, scaling))
+
+
+def _validated(spec: QueueSpec) -> QueueSpec:
+    b, w, sc = spec.broker, spec.worker, spec.scaling
+    if (b.url is None) == (b.url_secret_ref is None):
+        raise SpecError("spec.broker", "exactly one of url and urlSecretRef must be set")
+    _check_url(b.url)
+    if not spec.queues:
+        raise SpecError("spec.queues", "name at least one Celery queue")
+    if len(set(spec.queues)) != len(spec.queues):
+        raise SpecError("spec.queues", "lists a queue twice")
+    if len(set(b.priority_steps)) != len(b.priority_steps):
+        raise SpecError("spec.broker.prioritySteps", "lists a step twice")
+    if sc.min_replicas > sc.max_replicas:
+        raise SpecError("spec.scaling.minReplicas", "must be less than or equal to scaling.maxReplicas")
+    if w.visibility_timeout_seconds <= w.task_time_limit_seconds:
+        raise SpecError(
+            "spec.worker.visibilityTimeoutSeconds",
+            "must be greater than worker.taskTimeLimitSeconds, or a running task is handed to a second worker",
+        )
+    for i, var in enumerate(w.env):
+        if "value" in var and "valueFrom" in var:
+            raise SpecError(f"spec.worker.env[{i}]", f"{var['name']}: set value or valueFrom, not both")
+    return spec
