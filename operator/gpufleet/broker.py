@@ -75,7 +75,9 @@ class Connection:
             "port": parts.port or 6379,
             "db": self.database if self.database is not None else int(path_db or 0),
             "username": unquote(parts.username) if parts.username else None,
-            "password": self.password if self.password is not None else (unquote(parts.password) if parts.password else None),
+            "password": self.password
+            if self.password is not None
+            else (unquote(parts.password) if parts.password else None),
         }
         if self.tls or parts.scheme == "rediss":
             kwargs |= {"ssl": True, "ssl_cert_reqs": "none" if self.tls_insecure else "required"}
@@ -104,7 +106,9 @@ class Reading:
 
     @property
     def depth(self) -> Depth:
-        return Depth(sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values()))
+        return Depth(
+            sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values())
+        )
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,9 @@ class RedisProbe:
         unacked: dict[str, dict[str, int]] = {}
         for key, flat in zip(unacked_keys, rest, strict=False):
             pairs = iter(flat)
-            unacked[key] = {(k.decode() if isinstance(k, bytes) else k): int(n) for k, n in zip(pairs, pairs, strict=True)}
+            unacked[key] = {
+                (k.decode() if isinstance(k, bytes) else k): int(n) for k, n in zip(pairs, pairs, strict=True)
+            }
         states = rest[len(unacked_keys) :]
 
         readings = {}

@@ -44,6 +44,12 @@ class History:
     last_busy: float | None = None  # last time anything was queued or running
 
 
+def seeded(now: float, current: int) -> History:
+    """The history of a fleet first seen now (an operator start): as if `current` had just been recommended,
+    so a restarted operator waits a whole stabilization window before it scales anything down."""
+    return History(((now, current),), now)
+
+
 @dataclass(frozen=True)
 class Decision:
     replicas: int
@@ -69,7 +75,7 @@ def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: flo
             return 0, "nothing queued or running"
         idle_for = obs.now - last_busy
         if idle_for >= spec.idle_seconds_before_zero:
-            return 0, f"idle for {idle_for:.0f}s (>= {spec.idle_seconds_before_zero}s)"
+            return 0, f"nothing queued or running for {spec.idle_seconds_before_zero}s"
         return (
             1,
             f"nothing queued or running for {idle_for:.0f}s of {spec.idle_seconds_before_zero}s before zero",

@@ -1,0 +1,102 @@
+"""The `gpufleet` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("run", "depth")
+
+
+def _depth(args: argparse.Namespace) -> int:
+    from gpufleet.broker import BrokerUnreachable, Connection, Layout, RedisProbe, Request
+
+    layout = Layout(args.global_keyprefix, tuple(args.priority_steps), args.sep, args.unacked_key)
+    probe = RedisProbe(
+        Connection(args.broker, password=os.environ.get("GPUFLEET_BROKER_PASSWORD")), args.timeout
+    )
+    try:
+        reading = probe.read([Request("cli", tuple(dict.fromkeys(args.queue)), layout)])["cli"]
+    except BrokerUnreachable as exc:
+        print(f"gpufleet depth: cannot read the broker {exc}", file=sys.stderr)
+        return 2
+    finally:
+        probe.close()
+    out = {q: {"queued": d.queued, "reserved": d.reserved} for q, d in reading.queues.items()}
+    print(json.dumps(out))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import gpufleet.handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(verbose=args.verbose, log_prefix=True)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=True,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not steps or any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"priority steps must be non-negative integers: {text!r}")
+    return steps
+
+
+def _separator(text: str) -> str:
+    # Accept kombu's default as typed on a shell: "\x06\x16".
+    return text.encode("latin-1").decode("unicode_escape") if "\\" in text else text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpufleet", description="Autoscaled fleets of GPU Celery workers on Kubernetes."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator (as `python -m gpufleet` does)")
+    run.add_argument(
+        "--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all"
+    )
+    run.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint ('' for none)"
+    )
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=_run)
+
+    depth = sub.add_parser(
+        "depth",
+        help="print the depth of Celery queues on a Redis broker as one JSON object",
+        description="Prints {queue: {queued, reserved}} for the named queues, read in one round trip. "
+        "A password may come in the URL or in $GPUFLEET_BROKER_PASSWORD.",
+    )
+    depth.add_argument("--broker", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0")
+    depth.add_argument("--queue", required=True, action="append", help="Celery queue name (repeatable)")
+    depth.add_argument("--global-keyprefix", default="", help="kombu's global_keyprefix")
+    depth.add_argument(
+        "--priority-steps", type=_steps, default=[0, 3, 6, 9], help="kombu's priority_steps (0,3,6,9)"
+    )
+    depth.add_argument(
+        "--sep", type=_separator, default="\x06\x16", help="kombu's priority separator (\\x06\\x16)"
+    )
+    depth.add_argument("--unacked-key", default="unacked", help="kombu's unacked_key")
+    depth.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")
+    depth.set_defaults(func=_depth)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)

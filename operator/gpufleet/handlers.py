@@ -1,0 +1,70 @@
+"""kopf handlers: every decorator of the operator lives here, and each one only adapts and delegates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import kopf
+
+from gpufleet import metrics
+from gpufleet.controller import Controller
+from gpufleet.crd import GROUP, PLURAL, VERSION
+from gpufleet.kube import Kube, load_config
+from gpufleet.resources import MANAGED_BY
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    # Our status has a strict schema (kopf's own status fields would be pruned): keep kopf's state in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    settings.peering.standalone = True
+    settings.execution.max_workers = 16
+    load_config()
+    memo.controller = Controller(Kube())
+    metrics.serve(int(os.environ.get("GPUFLEET_METRICS_PORT", "8080")))
+    memo.ticker = asyncio.create_task(_tick_forever(memo.controller))
+
+
+async def _tick_forever(controller: Controller) -> None:
+    while True:
+        try:
+            wait = await asyncio.to_thread(controller.tick)
+        except Exception:  # a tick that fails (API hiccup) must not stop the scaling of every other fleet
+            log.exception("tick failed; retrying")
+            wait = 1.0
+        await asyncio.sleep(wait)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_) -> None:
+    memo.ticker.cancel()
+    memo.controller.close()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    memo.controller.reconcile(dict(body))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def deleted(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
+    # No finalizer: the Deployment goes with the GpuTaskQueue through its ownerReference.
+    memo.controller.forget(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
+    memo.controller.observe_deployment(event.get("type"), event["object"])
+
+
+@kopf.on.probe(id="fleets")
+def fleets(memo: kopf.Memo, **_) -> int:
+    return len(memo.controller.fleets)

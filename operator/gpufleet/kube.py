@@ -1,0 +1,145 @@
+"""The one door to the Kubernetes API. Each call says how it treats 404 and 409; nothing else talks to the API.
+
+- 404 on a read means "absent" (None); on a status patch or an Event it means the object is gone: ignored.
+- 409 on an apply cannot happen (forced server-side apply); on an Event name it is ignored (already posted).
+- 400/422 (the API refused the object) raise Rejected with the API's message, for a condition and an Event.
+- anything else raises, and the caller retries on its next tick.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from gpufleet.crd import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "gpufleet"
+
+
+class Rejected(Exception):
+    """The API server refused what we sent (400/422): a problem in the spec, not a passing fault."""
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
+
+
+def load_config() -> None:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        self.client = api_client or kubernetes.client.ApiClient()
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of a Deployment we own; applying the same body twice changes nothing."""
+        meta = body["metadata"]
+        try:
+            return self.apps.patch_namespaced_deployment(
+                meta["name"],
+                meta["namespace"],
+                body,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            ).to_dict()
+        except ApiException as exc:
+            if exc.status in (400, 422):
+                raise Rejected(_message(exc)) from None
+            raise
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.client.sanitize_for_serialization(
+                self.apps.read_namespaced_deployment(name, namespace)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """A Secret's key, decoded; None when the Secret or the key is missing."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return None if raw is None else base64.b64decode(raw).decode()
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+        items = self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
+        return [self.client.sanitize_for_serialization(p) for p in items]
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on a GpuTaskQueue. Messages must never carry secrets; callers pass safe text."""
+        meta = obj["metadata"]
+        stamp = now_rfc3339()
+        body = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": obj.get("kind", "GpuTaskQueue"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "gpufleet-operator"},
+            "reportingComponent": "gpufleet.dev/operator",
+            "reportingInstance": "gpufleet-operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return
+            log.warning(
+                "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], _message(exc)
+            )

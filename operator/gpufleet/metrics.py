@@ -1,0 +1,53 @@
+"""The operator's Prometheus metrics. Labels name the GpuTaskQueue, never the broker's credentials."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+FLEET = ("namespace", "gputaskqueue")
+
+queued = Gauge("gpufleet_queue_queued", "Tasks waiting in the broker, per Celery queue.", (*FLEET, "queue"))
+reserved = Gauge(
+    "gpufleet_queue_reserved",
+    "Tasks delivered and not acknowledged (running), per Celery queue.",
+    (*FLEET, "queue"),
+)
+desired = Gauge("gpufleet_desired_replicas", "Worker pods the last decision asked for.", FLEET)
+replicas = Gauge("gpufleet_replicas", "Worker pods the Deployment has.", FLEET)
+busy_workers = Gauge(
+    "gpufleet_busy_workers", "Workers running a task, as they report it to the broker.", FLEET
+)
+decisions = Counter(
+    "gpufleet_decisions_total",
+    "Scaling decisions, by direction and what limited them.",
+    (*FLEET, "direction", "limited_by"),
+)
+probe_seconds = Histogram(
+    "gpufleet_probe_seconds",
+    "Time of one pipelined probe of a broker (all its fleets' queues at once).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
+
+_PER_FLEET = (desired, replicas, busy_workers)
+
+
+def forget(namespace: str, name: str, queues: tuple[str, ...]) -> None:
+    """Drop a deleted fleet's series so they do not linger at their last value."""
+    for gauge in _PER_FLEET:
+        _remove(gauge, namespace, name)
+    for queue in queues:
+        _remove(queued, namespace, name, queue)
+        _remove(reserved, namespace, name, queue)
+
+
+def _remove(metric, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

@@ -1,0 +1,200 @@
+"""Pure builders of the Kubernetes objects a GpuTaskQueue owns. They return dicts and touch nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpufleet.crd import GROUP, KIND, VERSION
+from gpufleet.spec import QueueSpec
+
+MANAGED_BY = "gpufleet"
+FLEET_LABEL = "gpufleet.dev/fleet"
+HEARTBEAT_FILE = "/tmp/gpufleet/heartbeat"
+STATE_INTERVAL_SECONDS = 5
+CA_MOUNT = "/etc/gpufleet/broker-ca"
+
+
+def deployment_name(name: str) -> str:
+    return f"{name}-workers"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {FLEET_LABEL: name, "app.kubernetes.io/component": "worker"}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/name": "gpufleet-worker",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _secret_env(var: str, ref) -> dict[str, Any]:
+    return {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def worker_env(spec: QueueSpec, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The environment of docs/worker-contract.md, then the user's own variables (which may override)."""
+    b, w = spec.broker, spec.worker
+    env: list[dict[str, Any]] = [
+        {"name": "GPUFLEET_FLEET", "value": f"{namespace}/{name}"},
+        {"name": "GPUFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        _secret_env("GPUFLEET_BROKER_URL", b.url_secret_ref)
+        if b.url_secret_ref
+        else {"name": "GPUFLEET_BROKER_URL", "value": b.url},
+    ]
+    if b.password_secret_ref:
+        env.append(_secret_env("GPUFLEET_BROKER_PASSWORD", b.password_secret_ref))
+    if b.database is not None:
+        env.append({"name": "GPUFLEET_BROKER_DB", "value": str(b.database)})
+    if b.tls.enabled and b.tls.insecure_skip_verify:
+        env.append({"name": "GPUFLEET_BROKER_TLS_INSECURE", "value": "1"})
+    if b.tls.enabled and b.tls.ca_secret_ref:
+        env.append({"name": "GPUFLEET_BROKER_TLS_CA_FILE", "value": f"{CA_MOUNT}/ca.crt"})
+    env += [
+        {"name": "GPUFLEET_GLOBAL_KEYPREFIX", "value": b.global_keyprefix},
+        {"name": "GPUFLEET_PRIORITY_STEPS", "value": ",".join(str(s) for s in b.priority_steps)},
+        {"name": "GPUFLEET_PRIORITY_SEP", "value": b.separator},
+        {"name": "GPUFLEET_QUEUES", "value": ",".join(spec.queues)},
+        {"name": "GPUFLEET_POOL", "value": w.pool},
+        {"name": "GPUFLEET_CONCURRENCY", "value": str(w.slots)},
+        {"name": "GPUFLEET_VISIBILITY_TIMEOUT", "value": str(w.visibility_timeout_seconds)},
+        {"name": "GPUFLEET_TASK_TIME_LIMIT", "value": str(w.task_time_limit_seconds)},
+        {"name": "GPUFLEET_HEARTBEAT_FILE", "value": HEARTBEAT_FILE},
+        {"name": "GPUFLEET_GPUS", "value": str(w.gpus)},
+        {"name": "GPUFLEET_STATE_INTERVAL", "value": str(STATE_INTERVAL_SECONDS)},
+    ]
+    if w.gpus > 0 and w.require_gpu:
+        env.append({"name": "GPUFLEET_REQUIRE_GPU", "value": "1"})
+    overridden = {var["name"] for var in w.env}
+    return [var for var in env if var["name"] not in overridden] + [dict(var) for var in w.env]
+
+
+def worker_command(spec: QueueSpec) -> tuple[list[str], list[str]]:
+    w = spec.worker
+    if w.command or w.args:
+        return list(w.command), list(w.args)
+    return ["celery"], [
+        "-A", w.celery_app, "worker",
+        "--pool", w.pool,
+        "--concurrency", str(w.slots),
+        "--queues", ",".join(spec.queues),
+        "--hostname", "$(GPUFLEET_POD_NAME)@gpufleet",
+        "--loglevel", "INFO",
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+def _resources(spec: QueueSpec) -> dict[str, Any]:
+    w = spec.worker
+    out: dict[str, dict[str, Any]] = {k: dict(v) for k, v in w.resources.items()}
+    if w.gpus > 0:
+        # Extended resources cannot be overcommitted: request equals limit.
+        for kind in ("requests", "limits"):
+            out.setdefault(kind, {})[w.gpu_resource] = w.gpus
+    return out
+
+
+def _tolerations(spec: QueueSpec) -> list[dict[str, Any]]:
+    w = spec.worker
+    tolerations = [dict(t) for t in w.tolerations]
+    gpu_taint = {"key": w.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+    if w.gpus > 0 and gpu_taint not in tolerations:
+        tolerations.append(gpu_taint)
+    return tolerations
+
+
+def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas: int) -> dict[str, Any]:
+    """The worker Deployment of one GpuTaskQueue, as applied with server-side apply."""
+    w = spec.worker
+    command, args = worker_command(spec)
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": w.image,
+        "imagePullPolicy": w.image_pull_policy,
+        "command": command,
+        "args": args,
+        "env": worker_env(spec, namespace, name),
+        "resources": _resources(spec),
+        "volumeMounts": [{"name": "gpufleet-run", "mountPath": "/tmp/gpufleet"}],
+        "livenessProbe": {
+            "exec": {"command": ["python", "-m", "gpufleet_worker.health"]},
+            "periodSeconds": 20,
+            "timeoutSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # The heartbeat appears only once CUDA is initialised; give a cold GPU node time before liveness counts.
+        "startupProbe": {
+            "exec": {"command": ["python", "-m", "gpufleet_worker.health"]},
+            "periodSeconds": 10,
+            "timeoutSeconds": 10,
+            "failureThreshold": 60,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    volumes: list[dict[str, Any]] = [{"name": "gpufleet-run", "emptyDir": {}}]
+    ca = spec.broker.tls.ca_secret_ref if spec.broker.tls.enabled else None
+    if ca:
+        volumes.append(
+            {
+                "name": "broker-ca",
+                "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]},
+            }
+        )
+        container["volumeMounts"].append({"name": "broker-ca", "mountPath": CA_MOUNT, "readOnly": True})
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": w.termination_grace_period_seconds,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    optional = {
+        "nodeSelector": dict(w.node_selector) or None,
+        "tolerations": _tolerations(spec) or None,
+        "affinity": dict(w.affinity) if w.affinity else None,
+        "priorityClassName": w.priority_class_name,
+        "serviceAccountName": w.service_account_name,
+        "imagePullSecrets": [{"name": s} for s in w.image_pull_secrets] or None,
+    }
+    pod_spec |= {k: v for k, v in optional.items() if v is not None}
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(name),
+            "namespace": namespace,
+            "labels": labels(name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(name)},
+            # A GPU fleet has no spare GPU to surge onto: replace pods one at a time instead.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {
+                    "labels": {**dict(w.pod_labels), **labels(name)},
+                    "annotations": dict(w.pod_annotations),
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
