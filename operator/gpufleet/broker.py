@@ -47,7 +47,7 @@ class Layout:
         return f"{self.global_keyprefix}gpufleet:workers:{fleet}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Connection:
     """How to reach one broker. Two fleets with equal Connections share one pool and one round trip."""
 
@@ -57,6 +57,9 @@ class Connection:
     tls: bool = False
     tls_insecure: bool = False
     tls_ca_pem: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:  # a URL from a Secret may carry a password: show only the safe form
+        return f"Connection({self.safe_url!r}, database={self.database}, tls={self.tls})"
 
     @property
     def safe_url(self) -> str:

@@ -76,10 +76,8 @@ def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: flo
         idle_for = obs.now - last_busy
         if idle_for >= spec.idle_seconds_before_zero:
             return 0, f"nothing queued or running for {spec.idle_seconds_before_zero}s"
-        return (
-            1,
-            f"nothing queued or running for {idle_for:.0f}s of {spec.idle_seconds_before_zero}s before zero",
-        )
+        # No elapsed seconds in this text: the reason goes into the status, which must not change every tick.
+        return 1, f"nothing queued or running; zero after {spec.idle_seconds_before_zero}s idle"
     if obs.current == 0 and depth.queued < spec.activation_threshold:
         return 0, f"{seen}, below the activation threshold of {spec.activation_threshold}"
     wanted = math.ceil(load / spec.target_tasks_per_replica)
