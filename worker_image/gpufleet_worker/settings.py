@@ -1,0 +1,217 @@
+"""The worker's settings, read from the GPUFLEET_* environment of docs/worker-contract.md.
+
+Pure: `from_env(mapping)` decides everything and touches nothing, so the rules are tested by tables.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .codec import DEFAULT_MAX_PAYLOAD_BYTES
+from .errors import SettingsError
+from .heartbeat import DEFAULT_HEARTBEAT_FILE, DEFAULT_MAX_AGE
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+DEFAULT_TASK_TIME_LIMIT = 3300
+KOMBU_DEFAULT_SEP = "\x06\x16"
+
+
+@dataclass(frozen=True)
+class Settings:
+    fleet: str
+    pod_name: str
+    broker_url: str
+    broker_use_ssl: dict | None
+    result_backend: str | None
+    transport_options: dict
+    global_keyprefix: str
+    queues: tuple[str, ...]
+    pool: str | None
+    concurrency: int | None
+    visibility_timeout: int
+    task_time_limit: int | None
+    soft_shutdown_timeout: float | None
+    result_expires: int
+    heartbeat_file: str
+    heartbeat_max_age: float
+    state_interval: float
+    gpus: int
+    require_gpu: bool
+    gpu_memory_limit: str | None
+    max_payload_bytes: int
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float | None, minimum: float = 0.0) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def compose_broker_url(url: str, password: str | None, db: int | None) -> str:
+    """Insert the (URL-quoted) password and the database number into a redis:// or rediss:// URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise SettingsError(f"GPUFLEET_BROKER_URL must be a redis:// or rediss:// URL, not {parts.scheme}://")
+    if not parts.hostname:
+        raise SettingsError("GPUFLEET_BROKER_URL has no host")
+    netloc = parts.netloc
+    if password:
+        host = netloc.rpartition("@")[2]
+        user = quote(parts.username or "", safe="")
+        # quote everything: '@', ':' and '/' in a password would otherwise change what the URL means.
+        netloc = f"{user}:{quote(password, safe='')}@{host}"
+    path = f"/{db}" if db is not None else parts.path
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+def _ssl_options(env: Mapping[str, str], url: str) -> dict | None:
+    if not url.startswith("rediss://"):
+        return None
+    options: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if _flag(env, "GPUFLEET_BROKER_TLS_INSECURE"):
+        options["ssl_cert_reqs"] = ssl.CERT_NONE
+    ca_file = env.get("GPUFLEET_BROKER_TLS_CA_FILE", "").strip()
+    if ca_file:
+        options["ssl_ca_certs"] = ca_file
+    return options
+
+
+def _separator(raw: str | None) -> str:
+    if raw is None or raw == "":
+        return KOMBU_DEFAULT_SEP
+    # The operator may pass the control characters themselves or their escapes ("\x06\x16").
+    return codecs.decode(raw, "unicode_escape") if "\\" in raw else raw
+
+
+def _priority_steps(raw: str) -> list[int] | None:
+    if not raw.strip():
+        return None
+    try:
+        steps = [int(step) for step in _list(raw)]
+    except ValueError:
+        raise SettingsError(f"GPUFLEET_PRIORITY_STEPS={raw!r} must be comma-separated integers") from None
+    if steps != sorted(set(steps)) or steps[0] < 0 or steps[-1] > 255:
+        raise SettingsError(
+            f"GPUFLEET_PRIORITY_STEPS={raw!r} must be distinct integers in ascending order within 0..255"
+        )
+    return steps
+
+
+def _gpu_memory_limit(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"GPUFLEET_GPU_MEMORY_LIMIT={raw!r} must be bytes or a fraction in (0, 1]"
+        ) from None
+    if value <= 0 or (value > 1 and not value.is_integer()):
+        raise SettingsError(f"GPUFLEET_GPU_MEMORY_LIMIT={raw!r} must be bytes or a fraction in (0, 1]")
+    return raw
+
+
+def from_env(env: Mapping[str, str]) -> Settings:
+    password = env.get("GPUFLEET_BROKER_PASSWORD") or None
+    broker_url = compose_broker_url(
+        env.get("GPUFLEET_BROKER_URL", "").strip() or DEFAULT_BROKER_URL,
+        password,
+        _int(env, "GPUFLEET_BROKER_DB", None),
+    )
+    broker_use_ssl = _ssl_options(env, broker_url)
+
+    backend = env.get("GPUFLEET_RESULT_BACKEND")
+    if backend is None:
+        result_backend = broker_url
+    elif backend.strip().lower() in ("", "none"):
+        result_backend = None
+    else:
+        result_backend = backend.strip()
+
+    visibility_timeout = _int(env, "GPUFLEET_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, minimum=1)
+    task_time_limit = _int(env, "GPUFLEET_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT, minimum=0) or None
+    check_time_limit(visibility_timeout, task_time_limit, "GPUFLEET_TASK_TIME_LIMIT")
+
+    keyprefix = env.get("GPUFLEET_GLOBAL_KEYPREFIX", "")
+    transport_options: dict = {
+        "visibility_timeout": visibility_timeout,
+        "sep": _separator(env.get("GPUFLEET_PRIORITY_SEP")),
+    }
+    steps = _priority_steps(env.get("GPUFLEET_PRIORITY_STEPS", ""))
+    if steps is not None:
+        transport_options["priority_steps"] = steps
+    if keyprefix:
+        transport_options["global_keyprefix"] = keyprefix
+
+    gpus = _int(env, "GPUFLEET_GPUS", 0)
+    return Settings(
+        fleet=env.get("GPUFLEET_FLEET", "").strip(),
+        pod_name=env.get("GPUFLEET_POD_NAME", "").strip(),
+        broker_url=broker_url,
+        broker_use_ssl=broker_use_ssl,
+        result_backend=result_backend,
+        transport_options=transport_options,
+        global_keyprefix=keyprefix,
+        queues=_list(env.get("GPUFLEET_QUEUES", "")) or ("celery",),
+        pool=env.get("GPUFLEET_POOL", "").strip() or None,
+        concurrency=_int(env, "GPUFLEET_CONCURRENCY", None, minimum=1),
+        visibility_timeout=visibility_timeout,
+        task_time_limit=task_time_limit,
+        soft_shutdown_timeout=_float(env, "GPUFLEET_SOFT_SHUTDOWN_TIMEOUT", None),
+        result_expires=_int(env, "GPUFLEET_RESULT_EXPIRES", 3600, minimum=1),
+        heartbeat_file=env.get("GPUFLEET_HEARTBEAT_FILE", "").strip() or DEFAULT_HEARTBEAT_FILE,
+        heartbeat_max_age=_float(env, "GPUFLEET_HEARTBEAT_MAX_AGE", DEFAULT_MAX_AGE, minimum=1.0),
+        state_interval=_float(env, "GPUFLEET_STATE_INTERVAL", 5.0, minimum=0.1),
+        gpus=gpus,
+        require_gpu=_flag(env, "GPUFLEET_REQUIRE_GPU"),
+        gpu_memory_limit=_gpu_memory_limit(env.get("GPUFLEET_GPU_MEMORY_LIMIT", "")),
+        max_payload_bytes=_int(env, "GPUFLEET_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, minimum=1024),
+    )
+
+
+def check_time_limit(visibility_timeout: int, time_limit: float | None, where: str) -> None:
+    """A task that may outlive the visibility timeout is handed to a second worker while the first runs it."""
+    if time_limit is None:
+        raise SettingsError(
+            f"{where} is unset: every task needs a time limit below the visibility timeout "
+            f"({visibility_timeout}s, GPUFLEET_VISIBILITY_TIMEOUT), or Redis hands a long task to a second worker"
+        )
+    if visibility_timeout <= time_limit:
+        raise SettingsError(
+            f"the visibility timeout ({visibility_timeout}s, GPUFLEET_VISIBILITY_TIMEOUT) must exceed the task "
+            f"time limit ({time_limit}s, {where}); otherwise Redis hands a still-running task to a second worker"
+        )
