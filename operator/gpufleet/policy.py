@@ -115,7 +115,8 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
     target = current
     if recommendation > current:
         floor = min(_window(new_history.recommendations, obs.now, spec.scale_up_stabilization_seconds))
-        target = min(floor, current + spec.max_step_up)
+        # An older, lower recommendation in the window can hold a scale-up back, never turn it into a scale-down.
+        target = max(current, min(floor, current + spec.max_step_up))
         if floor < recommendation:
             limited_by = "scaleUpStabilization"
             held = f"the lowest recommendation of the last {spec.scale_up_stabilization_seconds}s"
@@ -123,7 +124,7 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
             limited_by, held = "maxStepUp", f"at most {spec.max_step_up} added at once"
     elif recommendation < current:
         ceiling = max(_window(new_history.recommendations, obs.now, spec.scale_down_stabilization_seconds))
-        target = max(ceiling, current - spec.max_step_down)
+        target = min(current, max(ceiling, current - spec.max_step_down))
         if ceiling > recommendation:
             held = f"the highest recommendation of the last {spec.scale_down_stabilization_seconds}s"
         elif target > recommendation:

@@ -180,6 +180,15 @@ TABLE = [
         ["lowest recommendation of the last 30s"],
     ),
     (
+        "a lower recommendation in the up window never scales down",
+        spec(scale_up_stabilization_seconds=30),
+        Observation(100, Depth(4, 0), 1),
+        hist((90, 0)),
+        1,
+        "scaleUpStabilization",
+        ["hold 1"],
+    ),
+    (
         "scale-in removes only idle workers",
         spec(scale_down_stabilization_seconds=0),
         Observation(100, Depth(0, 2), 6, idle_workers=1),
