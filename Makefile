@@ -1,0 +1,30 @@
+# The two commands at the top of the README. Both work on a fresh machine: they bootstrap what they need.
+.PHONY: demo test lint unit e2e bootstrap dev-cluster-up dev-cluster-down
+
+bootstrap:
+	hack/bootstrap.sh
+
+# A local control plane with simulated GPU nodes, the operator, Redis and a burst of real tasks.
+demo: bootstrap
+	.venv/bin/gpufleet demo
+
+# Everything CI runs: lint, unit and integration tests on a real redis-server, e2e on the real control plane.
+test: bootstrap lint
+	.venv/bin/python -m pytest -p no:cacheprovider
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/hadolint worker_image/Dockerfile $(wildcard operator/Dockerfile)
+
+unit: bootstrap
+	.venv/bin/python -m pytest -p no:cacheprovider -m "not cluster"
+
+e2e: bootstrap
+	.venv/bin/python -m pytest -p no:cacheprovider -m cluster
+
+dev-cluster-up: bootstrap
+	hack/dev-cluster.sh up
+
+dev-cluster-down:
+	hack/dev-cluster.sh down

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Makes a fresh machine ready to run gpufleet's demo and tests: redis-server (Debian package), a virtualenv
+# with gpufleet and its test dependencies, and the Go-built control-plane binaries (cached outside the repo).
+# Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "bootstrap: $*" >&2; }
+
+if ! command -v redis-server >/dev/null; then
+  say "installing redis-server (Debian package)"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+# The package starts a system-wide server on 6379; the tests start their own on free ports and need none.
+if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+  systemctl stop redis-server || true
+fi
+
+PY="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.gpufleet-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  say "installing gpufleet[test] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi
+
+if [[ "${GPUFLEET_SKIP_K8S_BUILD:-}" != "1" ]]; then
+  hack/build-k8s.sh >/dev/null
+fi
+say "ready"
