@@ -35,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
 
     import gpufleet.handlers  # noqa: F401 - registers the handlers
 
+    if args.gpu_budget is not None:
+        os.environ["GPUFLEET_GPU_BUDGET"] = str(args.gpu_budget)
     kopf.configure(verbose=args.verbose, log_prefix=True)
     kopf.run(
         clusterwide=not args.namespace,
@@ -72,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint ('' for none)"
+    )
+    run.add_argument(
+        "--gpu-budget",
+        type=int,
+        default=None,
+        help="GPUs all GpuTaskQueues may use together (also $GPUFLEET_GPU_BUDGET); default: no budget",
     )
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)

@@ -12,16 +12,19 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpufleet import metrics
 from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, Reading, Request
+from gpufleet.budget import Claim, Share, divide
 from gpufleet.kube import Kube, Rejected, now_rfc3339
 from gpufleet.policy import Decision, History, Observation, decide, seeded
-from gpufleet.resources import deployment, deployment_name
+from gpufleet.resources import FLEET_LABEL, deployment, deployment_name
+from gpufleet.scalein import DELETION_COST, Pod, changed_annotations, deletion_costs, idle_pods
 from gpufleet.spec import QueueSpec, SpecError, parse_spec
 from gpufleet.status import BROKER_REACHABLE, READY, SCALING_LIMITED, camel, condition, set_condition
+from gpufleet.throughput import Meter, measure
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
@@ -47,6 +50,8 @@ class Fleet:
     last_scale_time: str | None = None
     decision: Decision | None = None
     reading: Reading | None = None
+    meter: Meter = field(default_factory=Meter)
+    share: Share | None = None
     next_probe: float = 0.0
     failures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,6 +161,7 @@ class Controller:
             fleet = self.fleets.pop((namespace, name), None)
         if fleet is not None:
             metrics.forget(namespace, name, fleet.spec.queues if fleet.spec else ())
+        self.pods.pop((namespace, name), None)
 
     # ---- the Deployment cache, fed by a watch ------------------------------------------------------------
 
@@ -169,6 +175,29 @@ class Controller:
             self.deployments.pop((meta["namespace"], meta["name"]), None)
         else:
             self._remember(obj)
+
+    def observe_pod(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        fleet = (meta.get("labels") or {}).get(FLEET_LABEL)
+        if not fleet:
+            return
+        pods = self.pods.setdefault((meta["namespace"], fleet), {})
+        if event_type == "DELETED":
+            pods.pop(meta["name"], None)
+            return
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        pods[meta["name"]] = Pod(
+            name=meta["name"],
+            scheduled=bool((obj.get("spec") or {}).get("nodeName")),
+            unschedulable=any(
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+                for c in conditions
+            ),
+            terminating=bool(meta.get("deletionTimestamp")),
+            deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
+        )
 
     # ---- the tick: probe every due fleet, one round trip per broker, then decide and write ----------------
 
@@ -184,18 +213,26 @@ class Controller:
                     if fleet.spec is not None:
                         self._resolve_connection(fleet)
         groups: dict[Connection, list[Fleet]] = defaultdict(list)
+        observed: list[tuple[Fleet, Observation, str | None]] = []
         for fleet in due:
             if fleet.connection is not None and fleet.spec is not None:
                 groups[fleet.connection].append(fleet)
             else:
-                self._step(fleet, None, fleet.problem[1] if fleet.problem else "no broker connection", now)
+                self._observe_into(
+                    observed, fleet, None, fleet.problem[1] if fleet.problem else "no broker connection", now
+                )
         futures = {
             conn: self._pool.submit(self._probe, conn, members, now) for conn, members in groups.items()
         }
         for conn, members in groups.items():
             readings, error = futures[conn].result()
             for fleet in members:
-                self._step(fleet, readings.get(fleet.fleet_id) if readings else None, error, now)
+                self._observe_into(
+                    observed, fleet, readings.get(fleet.fleet_id) if readings else None, error, now
+                )
+        budgets = self._budgets(fleets, observed)
+        for fleet, obs, error in observed:
+            self._act(fleet, replace(obs, budget=budgets.get(fleet.key)), error)
         self.probes.keep_only(f.connection for f in fleets if f.connection is not None)
         pending = [f.next_probe for f in fleets if f.spec is not None]
         return max(0.05, min(pending) - self.clock()) if pending else 1.0
@@ -225,18 +262,26 @@ class Controller:
             metrics.probe_seconds.observe(time.perf_counter() - started)
         return readings, None
 
-    def _step(self, fleet: Fleet, reading: Reading | None, error: str | None, now: float) -> None:
+    def _observe_into(
+        self, out: list, fleet: Fleet, reading: Reading | None, error: str | None, now: float
+    ) -> None:
+        obs = self._observe(fleet, reading, now)
+        if obs is not None:
+            out.append((fleet, obs, error))
+
+    def _observe(self, fleet: Fleet, reading: Reading | None, now: float) -> Observation | None:
+        """Everything the policy needs about one fleet, from the probe and the Deployment and pod caches."""
         with fleet.lock:
             spec = fleet.spec
             if spec is None:
-                return
+                return None
             live = self.deployments.get((fleet.namespace, deployment_name(fleet.name)))
             if live is None:
-                # Not applied yet, or deleted by hand: reconcile again rather than guess its replicas.
+                # Not applied yet, or deleted by hand: apply it again rather than guess its replicas.
                 fleet.next_probe = now + spec.scaling.poll_interval_seconds
                 if fleet.problem is None:
                     self._apply(fleet, spec.scaling.min_replicas)
-                return
+                return None
             current = live["spec"]["replicas"]
             if fleet.history is None:
                 fleet.history = seeded(now, current)
@@ -250,13 +295,50 @@ class Controller:
                     fleet.connection = (
                         None  # re-read the Secrets at the next attempt: they may have been rotated
                     )
-            else:
-                fleet.failures = 0
-                fleet.next_probe = now + spec.scaling.poll_interval_seconds
+                return Observation(now=now, depth=None, current=current)
+            fleet.failures = 0
+            fleet.next_probe = now + spec.scaling.poll_interval_seconds
+            pods = self.pods.get(fleet.key, {})
+            fleet.meter = measure(fleet.meter, reading.workers, now)
+            scheduled = sum(1 for p in pods.values() if p.scheduled and not p.terminating)
+            blocked = any(p.unschedulable and not p.terminating for p in pods.values())
+            return Observation(
+                now=now,
+                depth=reading.depth,
+                current=current,
+                idle_workers=len(idle_pods(pods, reading.workers)) if pods else None,
+                schedulable=scheduled + spec.scaling.gpu_surge if blocked else None,
+                throughput=fleet.meter.rate,
+            )
 
-            obs = Observation(now=now, depth=reading.depth if reading else None, current=current)
+    def _budgets(self, fleets: list[Fleet], observed: list[tuple[Fleet, Observation, str | None]]) -> dict:
+        """Each fleet's most pods under the fleet-wide GPU budget; empty when there is no budget."""
+        if self.gpu_budget is None:
+            return {}
+        demand = {f.key: f.decision.recommendation for f in fleets if f.decision is not None}
+        for fleet, obs, _ in observed:
+            demand[fleet.key] = decide(fleet.spec.scaling, obs, fleet.history).recommendation
+        claims = [
+            Claim(f.key, f.spec.worker.gpus, f.spec.scaling.min_replicas, demand.get(f.key, f.spec.scaling.min_replicas),
+                  f.spec.scaling.priority, f.spec.scaling.weight)
+            for f in fleets
+            if f.spec is not None
+        ]  # fmt: skip
+        shares = divide(self.gpu_budget, claims)
+        for f in fleets:
+            f.share = shares.get(f.key)
+        return {key: share.pods for key, share in shares.items()}
+
+    def _act(self, fleet: Fleet, obs: Observation, error: str | None) -> None:
+        with fleet.lock:
+            spec = fleet.spec
+            if spec is None:
+                return
             decision = decide(spec.scaling, obs, fleet.history)
             fleet.history, fleet.decision = decision.history, decision
+            current = obs.current
+            if decision.replicas < current:
+                self._mark_for_scale_in(fleet, obs.now)
             if decision.changes(current) and self._apply(fleet, decision.replicas):
                 fleet.last_scale_time = now_rfc3339()
                 up = decision.replicas > current
@@ -270,6 +352,14 @@ class Controller:
             ).inc()
             self._broker_condition(fleet, error)
             self._write_status(fleet)
+
+    def _mark_for_scale_in(self, fleet: Fleet, now: float) -> None:
+        """Just before a scale-in: pod-deletion-cost on each pod, so the ReplicaSet removes idle ones first."""
+        pods = self.pods.get(fleet.key, {})
+        workers = fleet.reading.workers if fleet.reading else {}
+        for name, cost in changed_annotations(pods, deletion_costs(pods, workers, now)).items():
+            self.kube.annotate_pod(fleet.namespace, name, {DELETION_COST: cost})
+            pods[name] = replace(pods[name], deletion_cost=cost)
 
     def _broker_condition(self, fleet: Fleet, error: str | None) -> None:
         was = condition(fleet.conditions, BROKER_REACHABLE)
@@ -347,6 +437,21 @@ class Controller:
                 "queues": {
                     q: {"queued": d.queued, "reserved": d.reserved} for q, d in fleet.reading.queues.items()
                 },
+            }
+            pods = self.pods.get(fleet.key, {})
+            busy = sum(1 for w in fleet.reading.workers.values() if w.busy)
+            status |= {
+                "busyWorkers": busy,
+                "idleWorkers": len(idle_pods(pods, fleet.reading.workers)),
+                "pendingPods": sum(1 for p in pods.values() if p.unschedulable and not p.terminating),
+            }
+            if fleet.spec and fleet.spec.scaling.drain_within_seconds and fleet.meter.rate is not None:
+                status["throughput"] = f"{fleet.meter.rate:.2g}"
+        if fleet.share is not None:
+            status["gpuShare"] = {
+                "gpus": fleet.share.gpus,
+                "budget": self.gpu_budget,
+                "reason": fleet.share.reason,
             }
         if decision is not None:
             status |= {"desiredReplicas": decision.replicas, "reason": decision.reason}

@@ -26,7 +26,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     settings.peering.standalone = True
     settings.execution.max_workers = 16
     load_config()
-    memo.controller = Controller(Kube())
+    budget = os.environ.get("GPUFLEET_GPU_BUDGET")
+    memo.controller = Controller(Kube(), gpu_budget=int(budget) if budget else None)
     metrics.serve(int(os.environ.get("GPUFLEET_METRICS_PORT", "8080")))
     memo.ticker = asyncio.create_task(_tick_forever(memo.controller))
 
@@ -63,6 +64,11 @@ def deleted(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
     memo.controller.observe_deployment(event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
+    memo.controller.observe_pod(event.get("type"), event["object"])
 
 
 @kopf.on.probe(id="fleets")

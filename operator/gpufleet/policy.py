@@ -34,6 +34,7 @@ class Observation:
     idle_workers: int | None = None  # workers known to run nothing: the most pods a scale-in may remove
     schedulable: int | None = None  # the most pods the cluster can run now, surge included
     budget: int | None = None  # the most pods this fleet's share of a fleet-wide GPU budget allows
+    throughput: float | None = None  # measured tasks per second per worker, for drainWithinSeconds
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: flo
         return 1, f"nothing queued or running; zero after {spec.idle_seconds_before_zero}s idle"
     if obs.current == 0 and depth.queued < spec.activation_threshold:
         return 0, f"{seen}, below the activation threshold of {spec.activation_threshold}"
+    if spec.drain_within_seconds and obs.throughput:
+        wanted = math.ceil(load / (obs.throughput * spec.drain_within_seconds))
+        return (
+            wanted,
+            f"{seen}, {obs.throughput:.2g} tasks/s per worker, drain within {spec.drain_within_seconds}s",
+        )
     wanted = math.ceil(load / spec.target_tasks_per_replica)
     return wanted, f"{seen}, target {spec.target_tasks_per_replica} per replica"
 

@@ -90,6 +90,10 @@ class ScalingSpec:
     max_step_down: int = 10
     idle_seconds_before_zero: int = 300
     paused: bool = False
+    drain_within_seconds: int | None = None
+    gpu_surge: int = 0
+    priority: int = 0
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,10 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
             max_step_down=sc["maxStepDown"],
             idle_seconds_before_zero=sc["idleSecondsBeforeZero"],
             paused=sc["paused"],
+            drain_within_seconds=sc.get("drainWithinSeconds"),
+            gpu_surge=sc["gpuSurge"],
+            priority=sc["priority"],
+            weight=sc["weight"],
         )
         queues = tuple(s["queues"])
     except KeyError as exc:
