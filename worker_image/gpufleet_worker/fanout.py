@@ -7,7 +7,7 @@ the caller chain more work after it.
 from __future__ import annotations
 
 import numpy as np
-from celery import chord, group, shared_task
+from celery import chord, group, shared_task, signature
 
 
 def split(array: np.ndarray, chunks: int, axis: int = 0) -> list[np.ndarray]:
@@ -33,13 +33,19 @@ def concatenate(parts, axis=0):
 
 
 def _signatures(task, array, args, kwargs, chunks, axis):
-    return [task.s(part, *args, **kwargs) for part in split(array, chunks, axis)]
+    # `task` may be a task, a task name or a signature; a chunk goes before a signature's own arguments,
+    # so map_chunks(matmul.s(b), a, chunks=4) computes a @ b by row blocks.
+    base = signature(task)
+    return [base.clone(args=(part, *args), kwargs=kwargs) for part in split(array, chunks, axis)]
 
 
 def map_chunks(
     task, array: np.ndarray, *args, chunks: int, axis: int = 0, timeout: float | None = None, **kwargs
 ):
-    """Run `task(chunk, *args, **kwargs)` on every chunk as one Celery group; return the joined results."""
+    """Run `task(chunk, *args, **kwargs)` on every chunk as one Celery group; return the joined results.
+
+    `task` is a task, a task name or a signature (whose own arguments follow the chunk).
+    """
     result = group(_signatures(task, array, args, kwargs, chunks, axis)).apply_async()
     try:
         return join(result.get(timeout=timeout), axis)

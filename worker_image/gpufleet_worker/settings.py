@@ -145,6 +145,10 @@ def _gpu_memory_limit(raw: str) -> str | None:
     return raw
 
 
+def restore_interval(visibility_timeout: int) -> int:
+    return max(1, min(10, visibility_timeout // 10))
+
+
 def from_env(env: Mapping[str, str]) -> Settings:
     password = env.get("GPUFLEET_BROKER_PASSWORD") or None
     broker_url = compose_broker_url(
@@ -170,6 +174,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
     transport_options: dict = {
         "visibility_timeout": visibility_timeout,
         "sep": _separator(env.get("GPUFLEET_PRIORITY_SEP")),
+        # kombu looks for tasks of dead workers every 10 x 10 s by default; tie the sweep to the visibility
+        # timeout so that a short one also brings lost tasks back soon.
+        "unacked_restore_interval": restore_interval(visibility_timeout),
+        "unacked_restore_throttle": 1,
     }
     steps = _priority_steps(env.get("GPUFLEET_PRIORITY_STEPS", ""))
     if steps is not None:
