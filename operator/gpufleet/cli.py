@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.gpu_budget is not None:
         os.environ["GPUFLEET_GPU_BUDGET"] = str(args.gpu_budget)
     kopf.configure(verbose=args.verbose, log_prefix=True)
+    if not args.verbose:  # kopf logs every watch event it hands over at INFO: one line per pod change is noise
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),

@@ -71,15 +71,19 @@ class Fleet:
 
 class Controller:
     def __init__(
-        self, kube: Kube, probes: ProbePool | None = None, clock: Callable[[], float] = time.time
+        self,
+        kube: Kube,
+        probes: ProbePool | None = None,
+        clock: Callable[[], float] = time.time,
+        gpu_budget: int | None = None,
     ) -> None:
         self.kube = kube
         self.probes = probes or ProbePool()
         self.clock = clock
+        self.gpu_budget = gpu_budget
         self.fleets: dict[tuple[str, str], Fleet] = {}
-        self.deployments: dict[
-            tuple[str, str], dict[str, Any]
-        ] = {}  # (namespace, deployment name) -> live object
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> live Deployment
+        self.pods: dict[tuple[str, str], dict[str, Pod]] = {}  # (namespace, fleet) -> pod name -> Pod
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpufleet-probe")
 
