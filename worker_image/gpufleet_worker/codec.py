@@ -7,6 +7,7 @@ carries what JSON carries (tuples come back as lists) plus arrays, NumPy scalars
 
 from __future__ import annotations
 
+import math
 import struct
 
 import msgpack
@@ -72,6 +73,8 @@ def _default(obj):
     host = _as_host(obj)
     if host is not None:
         return _default(host)
+    if isinstance(obj, int):
+        raise PayloadError(f"integer {obj} does not fit in 64 bits, msgpack's limit")
     raise PayloadError(
         f"gpufleet-msgpack cannot encode {type(obj).__module__}.{type(obj).__qualname__}: "
         "use arrays, numbers, strings, bytes, None, lists, tuples and dicts"
@@ -94,7 +97,7 @@ def _unpack_array(data: bytes) -> np.ndarray:
     _check_dtype(dtype)
     if not all(isinstance(n, int) and n >= 0 for n in shape):
         raise PayloadError(f"malformed array shape {shape!r}")
-    expected = dtype.itemsize * int(np.prod(shape, dtype=np.uint64))
+    expected = dtype.itemsize * math.prod(shape)  # Python ints: a hostile shape cannot wrap around
     if len(data) - start != expected:
         raise PayloadError(
             f"array of dtype {dtype.str} and shape {shape} needs {expected} bytes, the payload has "

@@ -7,6 +7,7 @@ no CUDA context exists before a fork. Prefork process i of a pod with n GPUs use
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -87,7 +88,7 @@ _current: Device | None = None
 
 
 def _host_empty(shape, dtype) -> np.ndarray:
-    nbytes = int(np.prod(shape, dtype=np.uint64)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes < PINNED_MIN_BYTES:
         return np.empty(shape, dtype)
     import cupyx
