@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CELERY = [sys.executable, "-m", "celery"]
 
 # Deadlines are generous: the suite shares two cores with other builds.
 READY_TIMEOUT = 120.0
@@ -46,11 +45,11 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
 
 class Worker:
     def __init__(self, env: dict[str, str], log: Path, app: str = "gpufleet_worker.app:app",
-                 pool: str = "solo", concurrency: int = 1):  # fmt: skip
+                 pool: str = "solo", concurrency: int = 1, python: str = sys.executable):  # fmt: skip
         self.env = env
         self.log_path = log
         self.cmd = [
-            *CELERY, "-A", app, "worker",
+            python, "-m", "celery", "-A", app, "worker",
             "--pool", pool, "--concurrency", str(concurrency),
             "--queues", env["GPUFLEET_QUEUES"],
             "--hostname", f"{env['GPUFLEET_POD_NAME']}@gpufleet",
