@@ -1,0 +1,163 @@
+"""`gpufleet simulate`: its arguments, and the run from a trace to a table, a plot or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gpufleet.simulate.traces import BUILT_IN
+
+
+def _at_least(low: float, kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a{'n integer' if kind is int else ' number'}: {text!r}"
+            ) from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}: {text!r}")
+        return value
+
+    return parse
+
+
+def _field(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=VALUE, e.g. scaleDownStabilizationSeconds=120: {text!r}"
+        )
+    return name.strip(), value.strip()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace",
+        default="night-batch",
+        metavar="NAME|FILE|all",
+        help=f"a built-in trace ({', '.join(BUILT_IN)}), a CSV file with the columns arrival_s,service_s "
+        "and optionally priority, or 'all' for every built-in trace (default: night-batch)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="write a PNG of queue depth and replicas over time "
+        "(with --trace all, one per trace: FILE's name gets -TRACE added)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in traces (default 0)")
+    p.add_argument(
+        "--max-replicas", type=_at_least(1, int), help="maxReplicas of every fleet (default: the CRD's, 10)"
+    )
+    p.add_argument(
+        "--target", type=_at_least(1, int), help="gpufleet's targetTasksPerReplica (default: the CRD's, 1)"
+    )
+    p.add_argument(
+        "--spec",
+        type=_field,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any field of a GpuTaskQueue's spec.scaling for the gpufleet policy, as in the CRD (repeatable)",
+    )
+    p.add_argument(
+        "--startup-s",
+        type=_at_least(0, float),
+        default=60.0,
+        help="seconds from a pod's creation to its worker taking tasks: node, image pull, CUDA (default 60)",
+    )
+    p.add_argument("--slots", type=_at_least(1, int), default=1, help="tasks per pod at once (default 1)")
+    p.add_argument("--gpus", type=_at_least(1, int), default=1, help="GPUs per pod (default 1)")
+    p.add_argument(
+        "--redelivery-s",
+        type=_at_least(0, float),
+        default=0.0,
+        help="seconds before a killed task is back in the queue; Celery on Redis waits for the visibility "
+        "timeout (default 0, the most favourable to a policy that kills tasks)",
+    )
+    p.add_argument(
+        "--grace-s",
+        type=_at_least(0, float),
+        default=0.0,
+        help="warm shutdown of a deleted pod: it finishes its tasks for this long before it is killed (default 0)",
+    )
+    p.add_argument(
+        "--keda-list-length", type=_at_least(1, int), default=5, help="KEDA's listLength (default 5)"
+    )
+    p.add_argument(
+        "--keda-cooldown-s",
+        type=_at_least(0, float),
+        default=300.0,
+        help="KEDA's cooldownPeriod (default 300)",
+    )
+    p.add_argument(
+        "--keda-polling-s", type=_at_least(1, float), default=30.0, help="KEDA's pollingInterval (default 30)"
+    )
+    p.add_argument(
+        "--stall-s",
+        type=_at_least(1, float),
+        help="give up once work has been pending this long with no task completing, and report what is "
+        "left unfinished (default: an hour, or twice the longest task if longer)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpufleet.simulate.engine import Setup, simulate
+    from gpufleet.simulate.policies import KedaSettings, fleet_policies, gpufleet_spec
+    from gpufleet.simulate.report import figures, plot, table
+    from gpufleet.simulate.traces import TraceError, load
+    from gpufleet.spec import SpecError
+
+    overrides = dict(args.spec)
+    if args.max_replicas is not None:
+        overrides["maxReplicas"] = str(args.max_replicas)
+    if args.target is not None:
+        overrides["targetTasksPerReplica"] = str(args.target)
+    try:
+        spec = gpufleet_spec(overrides)
+        traces = [load(name, args.seed) for name in (BUILT_IN if args.trace == "all" else [args.trace])]
+    except (SpecError, TraceError) as exc:
+        print(f"gpufleet simulate: {exc}", file=sys.stderr)
+        return 2
+    setup = Setup(args.startup_s, args.slots, args.gpus, args.redelivery_s, args.grace_s, args.stall_s)
+    keda = KedaSettings(
+        polling_interval_s=args.keda_polling_s,
+        cooldown_s=args.keda_cooldown_s,
+        max_replica_count=spec.max_replicas,
+        list_length=args.keda_list_length,
+    )
+    settings = {
+        "maxReplicas": spec.max_replicas,
+        "targetTasksPerReplica": spec.target_tasks_per_replica,
+        "startup": f"{setup.startup_s:g} s",
+        "slots": setup.slots,
+        "GPUs/pod": setup.gpus,
+        "redelivery": f"{setup.redelivery_s:g} s",
+        "grace": f"{setup.grace_s:g} s",
+        "KEDA listLength": keda.list_length,
+        "cooldown": f"{keda.cooldown_s:g} s",
+        "seed": args.seed,
+    }
+    results = {}
+    for trace in traces:
+        runs = [simulate(trace, policy, setup) for policy in fleet_policies(spec, keda)]
+        results[trace.name] = figures(runs)
+        if args.plot:
+            path = args.plot.with_stem(f"{args.plot.stem}-{trace.name}") if len(traces) > 1 else args.plot
+            plot(runs, path)
+        if not args.json:
+            from rich.console import Console
+
+            Console(width=max(Console().width, 100)).print(table(runs, settings))
+    if args.json:
+        if len(traces) == 1:
+            (only,) = results.values()
+            print(json.dumps({"trace": traces[0].name, "settings": settings, **only}))
+        else:
+            print(json.dumps({"settings": settings, "traces": results}))
+    return 0

@@ -1,0 +1,292 @@
+"""The discrete-event core: tasks wait in a broker, worker pods start, take tasks and stop, and a policy's
+control loops set the replicas of the pods' Deployment, each on its own clock.
+
+What the model keeps from the real system, and why:
+- The broker is kombu's Redis layout: one list per priority step, producers LPUSH and workers BRPOP, so
+  within a step the oldest task goes first, and a lower step before a higher one. A task that was running
+  when its pod was killed comes back at the consuming end (kombu restores unacknowledged messages with RPUSH),
+  so it is the next one taken.
+- A free slot takes a task at once (prefetch 1, acks_late); the pod that has waited longest gets it, as Redis
+  serves blocked BRPOP clients in order.
+- The Deployment's ReplicaSet acts at once: more replicas create pods that take tasks after the start-up
+  latency; fewer replicas delete pods in the ReplicaSet's order (see `_victim_rank`).
+- A deleted pod with running tasks gets a warm shutdown for `grace_s` (Celery finishes what it runs, takes
+  nothing new), then is killed; a killed task loses its work and returns to the queue after `redelivery_s`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpufleet.simulate.traces import Trace
+from gpufleet.spec import BrokerSpec
+
+PRIORITY_STEPS = BrokerSpec().priority_steps  # kombu's default: lists for steps 0, 3, 6 and 9
+
+# Events at one instant are handled in this order: slots are freed and pods get ready before tasks are
+# handed out, and the policies look last, at the state the instant left.
+DONE, KILL, READY, REDELIVER, ARRIVE, TICK = range(6)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The fleet and the cluster, shared by every policy of a comparison."""
+
+    startup_s: float = 60.0  # pod created -> worker taking tasks: GPU node, image pull, CUDA start
+    slots: int = 1  # tasks one pod runs at once (1 for Celery's solo pool)
+    gpus: int = 1  # GPUs per pod
+    redelivery_s: float = 0.0  # a killed task's return to the queue (Celery+Redis: the visibility timeout)
+    grace_s: float = 0.0  # a deleted pod's warm shutdown before it is killed (terminationGracePeriodSeconds)
+    stall_s: float | None = None  # give up after this long with work pending and none completed; None:
+    # an hour, or twice the longest task if that is longer (a policy that kills tasks can kill them forever)
+
+    def stall_limit(self, trace: Trace) -> float:
+        return (
+            self.stall_s
+            if self.stall_s is not None
+            else max(3600.0, 2 * max(t.service_s for t in trace.tasks))
+        )
+
+
+@dataclass(frozen=True)
+class View:
+    """What a policy can read at a tick: the broker and the Deployment."""
+
+    queued: int  # waiting, in every priority list
+    listed: int  # waiting in the queue's own list (priority step 0): what one LLEN of the queue returns
+    reserved: int  # delivered and not acknowledged: running, or killed and not yet redelivered
+    replicas: int  # the Deployment's spec.replicas (pods not being deleted)
+    idle: int  # of those pods, the ones running nothing (pods still starting included)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One control loop of a policy: every `period_s` from time 0, it reads a View and sets the replicas."""
+
+    period_s: float
+    step: Callable[[float, View], int]
+
+
+class Policy(Protocol):
+    name: str
+    initial: int  # replicas at time 0, warm
+    resting: int  # replicas it settles at when there is no work: a run ends there
+    marks_deletion_cost: bool  # sets controller.kubernetes.io/pod-deletion-cost: busy pods go last
+    loops: tuple[Loop, ...]  # at one instant, run in this order
+
+
+@dataclass
+class Run:
+    """What happened to one policy on one trace."""
+
+    policy: str
+    trace: Trace
+    setup: Setup
+    started: list[float | None]  # per task: when the run that completed it started
+    finished: list[float | None]
+    completions: int = 0
+    interrupted: int = 0  # runs killed in the middle
+    lost_work_s: float = 0.0  # GPU seconds those runs had done
+    pod_seconds: float = 0.0  # pods' lives, start-up and idle time included
+    scale_events: int = 0  # changes of the Deployment's replicas
+    end_s: float = 0.0
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (time, queued, replicas)
+
+
+@dataclass
+class _Pod:
+    id: int
+    created: float
+    ready_at: float
+    ready: bool
+    free_since: float
+    running: dict[int, float] = field(default_factory=dict)  # task -> start of its run
+    stopping: bool = False
+
+
+class _Simulation:
+    def __init__(self, trace: Trace, policy: Policy, setup: Setup) -> None:
+        n = len(trace.tasks)
+        self.trace, self.policy, self.setup = trace, policy, setup
+        self.run = Run(policy.name, trace, setup, [None] * n, [None] * n)
+        self.lists: dict[int, deque[int]] = {step: deque() for step in PRIORITY_STEPS}
+        self.queued = self.running = self.awaiting = 0
+        self.attempt = [0] * n  # bumped when a run is killed, so its DONE event is ignored
+        self.pods: dict[int, _Pod] = {}  # live pods, stopping ones included
+        self.pod_ids = itertools.count()
+        self.events: list[tuple[float, int, int, int, object]] = []
+        self.seq = itertools.count()
+
+    def at(self, t: float, kind: int, payload: object = None, order: int = 0) -> None:
+        heapq.heappush(self.events, (t, kind, order, next(self.seq), payload))
+
+    # ---- the broker -----------------------------------------------------------------------------------
+
+    def _push(self, task: int, front: bool) -> None:
+        step = PRIORITY_STEPS[bisect_right(PRIORITY_STEPS, self.trace.tasks[task].priority) - 1]
+        (self.lists[step].appendleft if front else self.lists[step].append)(task)
+        self.queued += 1
+
+    def _pop(self) -> int:
+        self.queued -= 1
+        return next(lst for lst in self.lists.values() if lst).popleft()
+
+    def _dispatch(self, now: float) -> None:
+        while self.queued:
+            free = [
+                p
+                for p in self.pods.values()
+                if p.ready and not p.stopping and len(p.running) < self.setup.slots
+            ]
+            if not free:
+                return
+            pod = min(free, key=lambda p: (p.free_since, p.id))
+            task = self._pop()
+            pod.running[task] = now
+            self.running += 1
+            self.run.started[task] = now
+            self.at(now + self.trace.tasks[task].service_s, DONE, (pod.id, task, self.attempt[task]))
+
+    # ---- pods -------------------------------------------------------------------------------------------
+
+    def _create(self, now: float, warm: bool) -> None:
+        pid = next(self.pod_ids)
+        ready_at = now if warm else now + self.setup.startup_s
+        self.pods[pid] = _Pod(pid, now, ready_at, warm, now)
+        if not warm:
+            self.at(ready_at, READY, pid)
+
+    def _gone(self, now: float, pod: _Pod) -> None:
+        del self.pods[pod.id]
+        self.run.pod_seconds += now - pod.created
+
+    def _interrupt(self, now: float, pod: _Pod, task: int) -> None:
+        self.run.lost_work_s += now - pod.running.pop(task)
+        self.running -= 1
+        self.attempt[task] += 1
+        self.run.interrupted += 1
+        if self.setup.redelivery_s > 0:
+            self.awaiting += 1
+            self.at(now + self.setup.redelivery_s, REDELIVER, task)
+        else:
+            self._push(task, front=True)
+
+    def _kill(self, now: float, pod: _Pod) -> None:
+        for task in list(pod.running):
+            self._interrupt(now, pod, task)
+        self._gone(now, pod)
+
+    def _victim_rank(self, pod: _Pod) -> tuple:
+        """The ReplicaSet's order of deletion, first deleted first (kube-controller-manager's ActivePodsWithRanks,
+        https://kubernetes.io/docs/concepts/workloads/controllers/replicaset/#scaling-a-replicaset): pods not
+        ready before ready ones, then the lower controller.kubernetes.io/pod-deletion-cost, then the pod ready
+        the shortest time, then the newest. gpufleet sets the cost from the work a pod runs; KEDA sets none,
+        so it deletes the newest pods whatever they run. Kubernetes compares the times on a log scale and
+        breaks ties at random; the model takes the newest exactly."""
+        cost = len(pod.running) if self.policy.marks_deletion_cost else 0
+        return (pod.ready, cost, -pod.ready_at, -pod.created, -pod.id)
+
+    def _scale(self, now: float, replicas: int) -> None:
+        active = [p for p in self.pods.values() if not p.stopping]
+        if replicas == len(active):
+            return
+        self.run.scale_events += 1
+        for _ in range(replicas - len(active)):
+            self._create(now, warm=False)
+        for pod in sorted(active, key=self._victim_rank)[: max(0, len(active) - replicas)]:
+            pod.stopping = True
+            if not pod.running:
+                self._gone(now, pod)
+            elif self.setup.grace_s > 0:
+                self.at(now + self.setup.grace_s, KILL, pod.id)
+            else:
+                self._kill(now, pod)
+
+    def view(self) -> View:
+        active = [p for p in self.pods.values() if not p.stopping]
+        return View(
+            queued=self.queued,
+            listed=len(self.lists[PRIORITY_STEPS[0]]),
+            reserved=self.running + self.awaiting,
+            replicas=len(active),
+            idle=sum(1 for p in active if not p.running),
+        )
+
+    # ---- the clock --------------------------------------------------------------------------------------
+
+    def handle(self, now: float, kind: int, payload: object) -> None:
+        if kind == DONE:
+            pid, task, attempt = payload
+            if attempt != self.attempt[task]:
+                return  # that run was killed
+            pod = self.pods[pid]
+            del pod.running[task]
+            self.running -= 1
+            pod.free_since = now
+            self.run.finished[task] = now
+            self.run.completions += 1
+            if pod.stopping and not pod.running:
+                self._gone(now, pod)
+        elif kind == KILL:
+            if (pod := self.pods.get(payload)) is not None:
+                self._kill(now, pod)
+        elif kind == READY:
+            if (pod := self.pods.get(payload)) is not None:
+                pod.ready, pod.free_since = True, now
+        elif kind == REDELIVER:
+            self.awaiting -= 1
+            self._push(payload, front=True)
+        elif kind == ARRIVE:
+            self._push(payload, front=False)
+        else:
+            index, count = payload
+            loop = self.policy.loops[index]
+            self._scale(now, loop.step(now, self.view()))
+            self.at((count + 1) * loop.period_s, TICK, (index, count + 1), order=index)
+        self._dispatch(now)
+
+    def simulate(self) -> Run:
+        tasks, run = self.trace.tasks, self.run
+        for i, task in enumerate(tasks):
+            self.at(task.arrival_s, ARRIVE, i)
+        for i in range(len(self.policy.loops)):
+            self.at(0.0, TICK, (i, 0), order=i)
+        for _ in range(self.policy.initial):
+            self._create(0.0, warm=True)
+        stall = self.setup.stall_limit(self.trace)
+        now = progress = 0.0  # progress: the last completion, or the last instant with nothing pending
+        run.timeline.append((now, 0, self.policy.initial))
+        while self.events and self.events[0][0] <= progress + stall:
+            now, kind, _, _, payload = heapq.heappop(self.events)
+            done = run.completions
+            self.handle(now, kind, payload)
+            if run.completions > done or not (self.queued or self.running or self.awaiting):
+                progress = now
+            replicas = sum(1 for p in self.pods.values() if not p.stopping)
+            if run.timeline[-1][1:] != (self.queued, replicas):
+                run.timeline.append((now, self.queued, replicas))
+            if (
+                run.completions == len(tasks)
+                and replicas == len(self.pods) == self.policy.resting
+                and not self.awaiting
+            ):
+                break
+        else:
+            now = progress + stall if self.events else now  # gave up: what is alive is billed to then
+        for pod in list(self.pods.values()):
+            self._gone(now, pod)
+        run.end_s = now
+        run.timeline.append((now, self.queued, run.timeline[-1][2]))
+        return run
+
+
+def simulate(trace: Trace, policy: Policy, setup: Setup = Setup()) -> Run:
+    """Run one policy over one trace, from time 0 until every task is done and the fleet is back at rest, or
+    until it stalls (see `Setup.stall_s`)."""
+    return _Simulation(trace, policy, setup).simulate()

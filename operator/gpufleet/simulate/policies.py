@@ -1,0 +1,169 @@
+"""Who sets the replicas: gpufleet's own policy, a model of KEDA's Redis scaler driving an HPA, and a static
+fleet. Each is a set of control loops over the engine's View; a variant is one more class and one more line
+in `fleet_policies`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gpufleet import crd
+from gpufleet.policy import Depth, Observation, decide, seeded
+from gpufleet.simulate.engine import Loop, Policy, View
+from gpufleet.spec import ScalingSpec, SpecError, parse_spec
+
+
+class Gpufleet:
+    """The operator's policy itself: `gpufleet.policy.decide`, called every pollIntervalSeconds with the
+    depth the broker probe reads (queued in every priority list, plus reserved) and the idle workers that
+    safe scale-in knows of. Busy pods get a higher pod-deletion-cost, so the pods a scale-in removes are idle."""
+
+    name = "gpufleet"
+    marks_deletion_cost = True
+
+    def __init__(self, spec: ScalingSpec) -> None:
+        self.spec = spec
+        self.initial = self.resting = spec.min_replicas
+        self.history = seeded(0.0, spec.min_replicas)  # as the operator does when it first sees a fleet
+        self.loops = (Loop(spec.poll_interval_seconds, self._poll),)
+
+    def _poll(self, now: float, view: View) -> int:
+        obs = Observation(
+            now,
+            Depth(view.queued, view.reserved),
+            view.replicas,
+            idle_workers=view.idle,
+            schedulable=None,  # the simulated cluster has a GPU for every pod
+            budget=None,
+        )
+        decision = decide(self.spec, obs, self.history)
+        self.history = decision.history
+        return decision.replicas
+
+
+@dataclass(frozen=True)
+class KedaSettings:
+    """A ScaledObject with one `redis` trigger on the Celery queue's list, and the HPA KEDA makes for it.
+
+    Defaults are the documented ones:
+    - ScaledObject (https://keda.sh/docs/2.16/reference/scaledobject-spec/): pollingInterval 30 s,
+      cooldownPeriod 300 s, minReplicaCount 0; maxReplicaCount is set to the compared fleets' maximum.
+    - Redis Lists scaler (https://keda.sh/docs/2.16/scalers/redis-lists/): listLength 5 (the average target
+      per replica, an AverageValue metric), activationListLength 0.
+    - HPA (https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/): synced every 15 s
+      (--horizontal-pod-autoscaler-sync-period), tolerance 0.1 (--horizontal-pod-autoscaler-tolerance),
+      scale-down stabilization window 300 s, and with no `behavior` set, scale-up limited per sync to the
+      larger of twice the current replicas and 4 (the default behaviour's 100 % or 4 pods per 15 s).
+    """
+
+    polling_interval_s: float = 30.0
+    cooldown_s: float = 300.0
+    min_replica_count: int = 0
+    max_replica_count: int = 10
+    list_length: int = 5
+    activation_list_length: int = 0
+    hpa_sync_s: float = 15.0
+    tolerance: float = 0.1
+    scale_down_window_s: float = 300.0
+    scale_up_factor: float = 2.0
+    scale_up_minimum: int = 4
+
+
+class Keda:
+    """KEDA's two loops over one Redis list. It reads LLEN of the queue's own list only: it cannot see the
+    tasks running (reserved) nor the other priority lists. Scale-in goes through the ReplicaSet's default
+    order, blind to what a pod runs."""
+
+    name = "keda"
+    marks_deletion_cost = False
+
+    def __init__(self, settings: KedaSettings) -> None:
+        self.s = settings
+        self.initial = self.resting = settings.min_replica_count
+        self.last_active: float | None = None
+        self.recommendations: list[tuple[float, int]] = []
+        # KEDA's own loop first: at an instant both run, the HPA sees what KEDA did.
+        self.loops = (Loop(settings.polling_interval_s, self._poll), Loop(settings.hpa_sync_s, self._sync))
+
+    def _poll(self, now: float, view: View) -> int:
+        """The scale executor (pkg/scaling/executor/scale_scaledobjects.go): KEDA itself scales 0 <-> 1 and
+        leaves 1 <-> N to the HPA. It goes to zero once the trigger has been inactive for cooldownPeriod,
+        whatever the pods are running."""
+        active = view.listed > self.s.activation_list_length
+        if active:
+            self.last_active = now
+        if view.replicas == 0 and active:
+            return max(self.s.min_replica_count, 1)
+        cooled = self.last_active is None or now - self.last_active > self.s.cooldown_s
+        if view.replicas > 0 and not active and self.s.min_replica_count == 0 and cooled:
+            return 0
+        return view.replicas
+
+    def _sync(self, now: float, view: View) -> int:
+        """One HPA sync on the External metric (pkg/controller/podautoscaler/horizontal.go and
+        replica_calculator.go, GetExternalPerPodMetricReplicas)."""
+        current = view.replicas
+        if current == 0:
+            return 0  # the HPA does not act while its target is at zero replicas
+        ratio = view.listed / (self.s.list_length * current)
+        wanted = (
+            current if abs(ratio - 1) <= self.s.tolerance else math.ceil(view.listed / self.s.list_length)
+        )
+        window = now - self.s.scale_down_window_s
+        self.recommendations = [(t, r) for t, r in self.recommendations if t >= window] + [(now, wanted)]
+        stabilized = max(r for _, r in self.recommendations)  # scale down only to the window's highest
+        up_limit = max(self.s.scale_up_factor * current, self.s.scale_up_minimum)
+        hpa_min = max(self.s.min_replica_count, 1)
+        return int(min(max(stabilized, hpa_min), up_limit, self.s.max_replica_count))
+
+
+class Static:
+    """A fleet sized for the peak: maxReplicas pods, warm from time 0, never scaled."""
+
+    name = "static"
+    marks_deletion_cost = False
+    loops: tuple[Loop, ...] = ()
+
+    def __init__(self, replicas: int) -> None:
+        self.initial = self.resting = replicas
+
+
+def fleet_policies(spec: ScalingSpec, keda: KedaSettings) -> list[Policy]:
+    """Fresh policies for one run each (they keep state between ticks), in the order reports show them."""
+    return [Gpufleet(spec), Keda(keda), Static(spec.max_replicas)]
+
+
+def _scaling_schema() -> dict[str, Any]:
+    return crd.schema()["properties"]["spec"]["properties"]["scaling"]["properties"]
+
+
+def _checked(name: str, text: str) -> Any:
+    """One `--spec name=value` against the CRD's own schema, so the simulator refuses what `kubectl apply` would."""
+    fields = _scaling_schema()
+    if name not in fields:
+        raise SpecError(f"spec.scaling.{name}", f"no such field; the fields are {', '.join(fields)}")
+    node = fields[name]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    kinds = {"integer": (int,), "number": (int, float), "boolean": (bool,)}.get(node.get("type"), (str,))
+    if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+        raise SpecError(f"spec.scaling.{name}", f"must be of type {node.get('type')}, not {text!r}")
+    if "minimum" in node and value < node["minimum"]:
+        raise SpecError(f"spec.scaling.{name}", f"must be at least {node['minimum']}, not {value}")
+    if "maximum" in node and value > node["maximum"]:
+        raise SpecError(f"spec.scaling.{name}", f"must be at most {node['maximum']}, not {value}")
+    return value
+
+
+def gpufleet_spec(overrides: Mapping[str, str]) -> ScalingSpec:
+    """The ScalingSpec a GpuTaskQueue gets from the CRD's defaults plus these fields (CRD names, text values),
+    read by the operator's own spec parser."""
+    scaling = {name: _checked(name, text) for name, text in overrides.items()}
+    raw = {"broker": {"url": "redis://simulated:6379/0"}, "queues": ["q"], "worker": {"image": "simulated"}}
+    return parse_spec({**raw, "scaling": scaling}).scaling
