@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "depth")
+COMMANDS = ("run", "depth", "simulate")
 
 
 def _depth(args: argparse.Namespace) -> int:
@@ -105,6 +105,17 @@ def parser() -> argparse.ArgumentParser:
     depth.add_argument("--unacked-key", default="unacked", help="kombu's unacked_key")
     depth.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")
     depth.set_defaults(func=_depth)
+
+    from gpufleet.simulate import cli as simulate_cli
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="compare gpufleet's policy, KEDA-style autoscaling and a static fleet on a task trace",
+        description="A discrete-event simulation of a GPU worker fleet on one task trace, under the operator's "
+        "own scaling policy, a model of KEDA's Redis scaler with an HPA, and a static fleet at maxReplicas.",
+    )
+    simulate_cli.add_arguments(simulate)
+    simulate.set_defaults(func=simulate_cli.run)
     return p
 
 
