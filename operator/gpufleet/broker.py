@@ -127,6 +127,19 @@ class Probe(Protocol):
     def read(self, requests: Sequence[Request], now: float) -> dict[str, Reading]: ...
 
 
+# Sums LLEN over each queue's priority lists on the server: one command per fleet, however many lists it has.
+# KEYS: every list key, queue by queue; ARGV[1]: how many lists each queue has.
+_SUM_LISTS = """
+local per = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS, per do
+  local n = 0
+  for j = i, i + per - 1 do n = n + redis.call('LLEN', KEYS[j]) end
+  out[#out + 1] = n
+end
+return out
+"""
+
 # Counts the unacknowledged deliveries per routing key on the server, so the payloads never cross the wire.
 # kombu stores each as json [message, exchange, routing_key]: the routing key is the last string.
 _COUNT_UNACKED = """
@@ -176,13 +189,9 @@ class RedisProbe:
     def read(self, requests: Sequence[Request], now: float | None = None) -> dict[str, Reading]:
         now = time.time() if now is None else now
         pipe = self._client.pipeline(transaction=False)
-        plan: list[tuple[str, str, int]] = []  # (fleet, queue, number of list keys)
         for req in requests:
-            for queue in req.queues:
-                keys = req.layout.list_keys(queue)
-                for key in keys:
-                    pipe.llen(key)
-                plan.append((req.fleet, queue, len(keys)))
+            keys = [key for queue in req.queues for key in req.layout.list_keys(queue)]
+            pipe.eval(_SUM_LISTS, len(keys), *keys, len(req.layout.list_keys("q")))
         unacked_keys = sorted({req.layout.unacked for req in requests})
         for key in unacked_keys:
             pipe.eval(_COUNT_UNACKED, 1, key)
@@ -193,11 +202,12 @@ class RedisProbe:
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnreachable(f"{self.connection.safe_url}: {type(exc).__name__}: {exc}") from None
 
-        lengths = iter(replies)
-        queued: dict[tuple[str, str], int] = {}
-        for fleet, queue, n in plan:
-            queued[(fleet, queue)] = sum(next(lengths) for _ in range(n))
-        rest = replies[sum(n for _, _, n in plan) :]
+        queued = {
+            (req.fleet, queue): int(n)
+            for req, sums in zip(requests, replies, strict=False)
+            for queue, n in zip(req.queues, sums, strict=True)
+        }
+        rest = replies[len(requests) :]
         unacked: dict[str, dict[str, int]] = {}
         for key, flat in zip(unacked_keys, rest, strict=False):
             pairs = iter(flat)
