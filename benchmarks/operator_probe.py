@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from gpufleet.broker import Connection, Layout, RedisProbe, Request  # noqa: E402
-from gpufleet.policy import Depth, History, Observation, decide  # noqa: E402
-from gpufleet.spec import ScalingSpec  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from gpufleet.broker import Connection, Layout, RedisProbe, Request
+from gpufleet.devcluster.redisserver import RedisServer
+from gpufleet.policy import Depth, History, Observation, decide
+from gpufleet.spec import ScalingSpec
 
 REPEATS = 30
 
