@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -126,33 +127,41 @@ def test_every_truncation_is_a_payload_error(cut):
         codec.loads(SAMPLE[:cut])
 
 
-def _ext(code: int, data: bytes) -> bytes:
-    import msgpack
-
-    return msgpack.packb(msgpack.ExtType(code, data))
+def _payload(doc: bytes, area: bytes = b"") -> bytes:
+    return len(doc).to_bytes(8, "little") + doc + area
 
 
-def _array_ext(dtype: str, shape, raw: bytes) -> bytes:
-    import msgpack
+def _ext(code: int, fields) -> bytes:
+    return msgpack.packb(msgpack.ExtType(code, msgpack.packb(fields)))
 
-    header = msgpack.packb([dtype, shape])
-    return _ext(codec.EXT_NDARRAY, len(header).to_bytes(4, "little") + header + raw)
+
+def _array(dtype, shape, offset, area: bytes) -> bytes:
+    return _payload(_ext(codec.EXT_NDARRAY, [dtype, shape, offset]), area)
 
 
 @pytest.mark.parametrize(
     "payload, message",
     [
-        (b"\xc1", "malformed gpufleet-msgpack payload of 1 bytes: FormatError"),
-        (codec.dumps(1) + b"\x00", "ExtraData"),
-        (_ext(99, b"x"), "unknown msgpack extension type 99"),
-        (_ext(codec.EXT_NDARRAY, b"\x01"), "truncated array header"),
-        (_ext(codec.EXT_NDARRAY, b"\xff\x00\x00\x00abc"), "truncated array header"),
-        (_array_ext("<f8", [3], b"\x00" * 16), "needs 24 bytes, the payload has 16"),
-        (_array_ext("<f8", [2**40, 2**40], b""), "needs"),
-        (_array_ext("|O", [1], b"\x00" * 8), "not dtype object"),
-        (_array_ext("not-a-dtype", [1], b""), "malformed array header"),
-        (_array_ext("<f8", [-1], b""), "malformed array shape"),
-        (_array_ext("<f8", ["1"], b""), "malformed array shape"),
+        (b"\x01\x00", "shorter than its length prefix"),
+        (_payload(b"\xc1"), "FormatError"),
+        (_payload(msgpack.packb(1) + b"\x00"), "ExtraData"),
+        (_payload(b"\x91\x01")[:-1], "the document needs 2 bytes, 1 follow"),
+        (_payload(msgpack.packb(msgpack.ExtType(99, b"x"))), "unknown msgpack extension type 99"),
+        (_payload(msgpack.packb(msgpack.ExtType(codec.EXT_NDARRAY, b"\xc1"))), "malformed array header"),
+        (_array("<f8", [3], 0, b"\x00" * 16), "needs 24 bytes at offset 0, the payload has 16"),
+        (_array("<f8", [2**40, 2**40], 0, b""), "needs"),
+        (_array("<f8", [1], 8, b"\x00" * 16), "array bytes at offset 8, expected 0"),
+        (_array("<f8", [1], 0, b"\x00" * 9), "1 bytes after the last array"),
+        (_array("|O", [1], 0, b"\x00" * 8), "not dtype object"),
+        (_array("not-a-dtype", [1], 0, b""), "malformed array header"),
+        (_array("<f8", [-1], 0, b""), "malformed array shape"),
+        (_array("<f8", ["1"], 0, b""), "malformed array shape"),
+        (
+            _array("<f8", [1], 0, b"\x00" * 8)[:8] + _ext(codec.EXT_NDARRAY, ["<f8", [1]]),
+            "malformed array header",
+        ),
+        (_payload(_ext(codec.EXT_SCALAR, ["<f8", b"\x00"])), "a <f8 scalar needs 8 bytes"),
+        (_payload(b"\x00" * 3), "ExtraData"),
     ],
 )
 def test_malformed_payloads_are_payload_errors(payload, message):
@@ -169,4 +178,4 @@ def test_a_self_containing_value_is_refused_not_a_crash():
 
 def test_deep_nesting_is_refused_not_a_crash():
     with pytest.raises(PayloadError):
-        codec.loads(b"\x91" * 100_000 + b"\xc0")
+        codec.loads(_payload(b"\x91" * 100_000 + b"\xc0"))

@@ -1,8 +1,13 @@
 """The array codec: msgpack with an ndarray extension, registered with kombu as `gpufleet-msgpack`.
 
 Arrays travel as (dtype, shape, raw C-order bytes) instead of pickle: no code runs on decode, and a 100 MB
-array costs a memory copy rather than a Python object walk. Everything else is plain msgpack, so the codec
-carries what JSON carries (tuples come back as lists) plus arrays, NumPy scalars and complex numbers.
+array costs one memory copy each way rather than a Python object walk. Everything else is plain msgpack, so
+the codec carries what JSON carries (tuples come back as lists) plus arrays, NumPy scalars and complex
+numbers.
+
+A payload is: the length of the msgpack document (8 bytes, little-endian), the document, then the bytes of
+every array in the order the document names them. Keeping array bytes out of the document spares msgpack
+from copying them into its own buffer (and growing it) on the way in; the document refers to each by offset.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ NAME = "gpufleet-msgpack"
 CONTENT_TYPE = "application/x-gpufleet-msgpack"
 DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024**2
 
-EXT_NDARRAY = 1
-EXT_SCALAR = 2
+EXT_NDARRAY = 1  # [dtype, shape, offset]: the array's bytes lie at `offset` in the array area
+EXT_SCALAR = 2  # [dtype, bytes]: a NumPy scalar (or complex number), inline
 
 # bool, signed and unsigned integers, floats (float16 included), complex: fixed-size plain bytes.
 # Object, string, void and datetime dtypes are refused: they either hold pointers or need more than bytes.
 _NUMERIC_KINDS = frozenset("biufc")
-_HEADER_LEN = struct.Struct("<I")
+_DOC_LEN = struct.Struct("<Q")
 
 # Where decoded arrays live; a GPU worker swaps in pinned host memory (see device.py).
 _allocate = np.empty
@@ -38,14 +43,6 @@ def set_host_allocator(allocate) -> None:
     _allocate = allocate
 
 
-def _as_host(obj):
-    """CuPy arrays (and anything else with a `.get()` to host, like CuPy) become NumPy arrays."""
-    get = getattr(obj, "get", None)
-    if type(obj).__module__.startswith("cupy") and callable(get):
-        return get()
-    return None
-
-
 def _check_dtype(dtype: np.dtype) -> None:
     if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise PayloadError(
@@ -54,82 +51,119 @@ def _check_dtype(dtype: np.dtype) -> None:
         )
 
 
-def _pack_array(a: np.ndarray) -> bytes:
-    _check_dtype(a.dtype)
-    if not a.flags.c_contiguous:
-        a = a.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d ones
-    header = msgpack.packb([a.dtype.str, list(a.shape)])
-    # join() takes the array's buffer directly: one copy of the data, not two.
-    return b"".join((_HEADER_LEN.pack(len(header)), header, a.reshape(-1).view(np.uint8)))
+def _c_order(a: np.ndarray) -> np.ndarray:
+    # Not ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def _default(obj):
-    if isinstance(obj, np.ndarray):
-        return msgpack.ExtType(EXT_NDARRAY, _pack_array(obj))
-    if isinstance(obj, np.generic):
-        return msgpack.ExtType(EXT_SCALAR, _pack_array(np.asarray(obj)))
-    if isinstance(obj, complex):
-        return msgpack.ExtType(EXT_SCALAR, _pack_array(np.asarray(obj, dtype=np.complex128)))
-    host = _as_host(obj)
-    if host is not None:
-        return _default(host)
-    if isinstance(obj, int):
-        raise PayloadError(f"integer {obj} does not fit in 64 bits, msgpack's limit")
-    raise PayloadError(
-        f"gpufleet-msgpack cannot encode {type(obj).__module__}.{type(obj).__qualname__}: "
-        "use arrays, numbers, strings, bytes, None, lists, tuples and dicts"
-    )
+class _Encoder:
+    def __init__(self):
+        self.buffers: list[np.ndarray] = []
+        self.offset = 0
 
-
-def _unpack_array(data: bytes) -> np.ndarray:
-    if len(data) < _HEADER_LEN.size:
-        raise PayloadError("truncated array header")
-    (hlen,) = _HEADER_LEN.unpack_from(data)
-    start = _HEADER_LEN.size + hlen
-    if start > len(data):
-        raise PayloadError("truncated array header")
-    try:
-        dtype_str, shape = msgpack.unpackb(data[_HEADER_LEN.size : start])
-        dtype = np.dtype(dtype_str)
-        shape = tuple(shape)
-    except Exception as exc:
-        raise PayloadError(f"malformed array header: {exc}") from None
-    _check_dtype(dtype)
-    if not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise PayloadError(f"malformed array shape {shape!r}")
-    expected = dtype.itemsize * math.prod(shape)  # Python ints: a hostile shape cannot wrap around
-    if len(data) - start != expected:
+    def default(self, obj):
+        if isinstance(obj, np.ndarray):
+            _check_dtype(obj.dtype)
+            a = _c_order(obj)
+            ref = msgpack.packb([a.dtype.str, list(a.shape), self.offset])
+            self.buffers.append(a.reshape(-1).view(np.uint8))
+            self.offset += a.nbytes
+            return msgpack.ExtType(EXT_NDARRAY, ref)
+        if isinstance(obj, (np.generic, complex)):
+            scalar = np.asarray(obj, dtype=np.complex128 if type(obj) is complex else None)
+            _check_dtype(scalar.dtype)
+            return msgpack.ExtType(EXT_SCALAR, msgpack.packb([scalar.dtype.str, scalar.tobytes()]))
+        if type(obj).__module__.startswith("cupy") and callable(getattr(obj, "get", None)):
+            return self.default(obj.get())  # a CuPy array or scalar: brought to the host
+        if isinstance(obj, int):
+            raise PayloadError(f"integer {obj} does not fit in 64 bits, msgpack's limit")
         raise PayloadError(
-            f"array of dtype {dtype.str} and shape {shape} needs {expected} bytes, the payload has "
-            f"{len(data) - start} (truncated or corrupt)"
+            f"gpufleet-msgpack cannot encode {type(obj).__module__}.{type(obj).__qualname__}: "
+            "use arrays, numbers, strings, bytes, None, lists, tuples and dicts"
         )
-    # A copy, so that tasks and callers get ordinary writable arrays rather than views of a bytes object.
-    out = _allocate(shape, dtype)
-    out[...] = np.frombuffer(data, dtype=dtype, offset=start).reshape(shape)
-    return out
 
 
-def _ext_hook(code: int, data: bytes):
-    if code == EXT_NDARRAY:
-        return _unpack_array(data)
-    if code == EXT_SCALAR:
-        return _unpack_array(data)[()]
-    raise PayloadError(f"unknown msgpack extension type {code}")
+class _Decoder:
+    def __init__(self, area: memoryview):
+        self.area = area
+        self.offset = 0
+
+    def _header(self, data: bytes, fields: int):
+        try:
+            header = msgpack.unpackb(data)
+            if not isinstance(header, list) or len(header) != fields:
+                raise ValueError(f"expected {fields} fields")
+            dtype = np.dtype(header[0])
+        except Exception as exc:
+            raise PayloadError(f"malformed array header: {exc}") from None
+        _check_dtype(dtype)
+        return dtype, header
+
+    def ext_hook(self, code: int, data: bytes):
+        if code == EXT_SCALAR:
+            dtype, (_, raw) = self._header(data, 2)
+            if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+                raise PayloadError(f"a {dtype.str} scalar needs {dtype.itemsize} bytes")
+            return np.frombuffer(raw, dtype=dtype)[0]
+        if code != EXT_NDARRAY:
+            raise PayloadError(f"unknown msgpack extension type {code}")
+        dtype, (_, shape, offset) = self._header(data, 3)
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise PayloadError(f"malformed array shape {shape!r}")
+        # Arrays are laid out in document order, back to back: anything else is a corrupt payload.
+        if offset != self.offset:
+            raise PayloadError(f"array bytes at offset {offset}, expected {self.offset}")
+        nbytes = dtype.itemsize * math.prod(shape)  # Python ints: a hostile shape cannot wrap around
+        if offset + nbytes > len(self.area):
+            raise PayloadError(
+                f"array of dtype {dtype.str} and shape {tuple(shape)} needs {nbytes} bytes at offset {offset}, "
+                f"the payload has {len(self.area) - offset} (truncated or corrupt)"
+            )
+        self.offset += nbytes
+        # A copy, so that tasks and callers get ordinary writable arrays rather than views of the message.
+        out = _allocate(tuple(shape), dtype)
+        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(self.area, np.uint8, nbytes, offset)
+        return out
 
 
 def dumps(obj, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    encoder = _Encoder()
     try:
-        data = msgpack.packb(obj, default=_default, use_bin_type=True)
+        doc = msgpack.packb(obj, default=encoder.default, use_bin_type=True)
     except PayloadError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(f"gpufleet-msgpack cannot encode this value: {exc}") from exc
-    if len(data) > max_bytes:
+    size = _DOC_LEN.size + len(doc) + encoder.offset
+    if size > max_bytes:
         raise PayloadError(
-            f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes "
+            f"payload of {size} bytes exceeds the limit of {max_bytes} bytes "
             "(GPUFLEET_MAX_PAYLOAD_BYTES); pass large data by reference or split it (gpufleet_worker.fanout)"
         )
-    return data
+    return b"".join((_DOC_LEN.pack(len(doc)), doc, *encoder.buffers))
+
+
+def _decode(data) -> object:
+    if len(data) < _DOC_LEN.size:
+        raise PayloadError("shorter than its length prefix")
+    (doc_len,) = _DOC_LEN.unpack_from(data)
+    doc_end = _DOC_LEN.size + doc_len
+    if doc_end > len(data):
+        raise PayloadError(
+            f"the document needs {doc_len} bytes, {len(data) - _DOC_LEN.size} follow (truncated)"
+        )
+    view = memoryview(data)
+    decoder = _Decoder(view[doc_end:])
+    try:
+        value = msgpack.unpackb(view[_DOC_LEN.size : doc_end], ext_hook=decoder.ext_hook, raw=False,
+                                strict_map_key=False)  # fmt: skip
+    except PayloadError:
+        raise
+    except Exception as exc:
+        raise PayloadError(f"{type(exc).__name__} {exc}".rstrip()) from None
+    if decoder.offset != len(decoder.area):
+        raise PayloadError(f"{len(decoder.area) - decoder.offset} bytes after the last array (corrupt)")
+    return value
 
 
 def loads(data, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
@@ -141,13 +175,9 @@ def loads(data, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
             f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes (GPUFLEET_MAX_PAYLOAD_BYTES)"
         )
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        return _decode(data)
     except PayloadError as exc:
         raise PayloadError(f"malformed gpufleet-msgpack payload of {len(data)} bytes: {exc}") from None
-    except Exception as exc:
-        raise PayloadError(
-            f"malformed gpufleet-msgpack payload of {len(data)} bytes: {type(exc).__name__} {exc}".rstrip()
-        ) from None
 
 
 def register(max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
