@@ -1,0 +1,102 @@
+"""operator/Dockerfile: lint-clean, consistent with the chart, and its pinned requirements install and run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from helm_chart import CHART
+from packaging.requirements import Requirement
+
+ROOT = CHART.parents[1]
+DOCKERFILE = ROOT / "operator" / "Dockerfile"
+LOCK = ROOT / "operator" / "requirements.txt"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def instruction(name: str) -> list[str]:
+    return [
+        line.split(None, 1)[1] for line in DOCKERFILE.read_text().splitlines() if line.startswith(name + " ")
+    ]
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.txt: {line!r} is not pinned with =="
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return out
+
+
+def test_hadolint_is_clean():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_agrees_with_the_chart_and_the_package():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    (entrypoint,) = instruction("ENTRYPOINT")
+    (cmd,) = instruction("CMD")
+    entrypoint, cmd = json.loads(entrypoint), json.loads(cmd)
+    assert entrypoint == ["tini", "--"]
+    assert cmd == [
+        "python",
+        "-m",
+        "gpufleet",
+        "--liveness",
+        f"http://0.0.0.0:{values['livenessPort']}/healthz",
+    ]
+    # The chart runs the image's entrypoint and program, and adds its flags.
+    assert values["command"] == entrypoint + cmd[:3]
+    (user,) = instruction("USER")
+    assert user == f"{values['podSecurityContext']['runAsUser']}:{values['podSecurityContext']['runAsGroup']}"
+    assert f"ARG VERSION={chart['appVersion']}" in DOCKERFILE.read_text()
+    assert chart["appVersion"] == PYPROJECT["project"]["version"]
+    assert f"EXPOSE {values['metrics']['port']} {values['livenessPort']}" in DOCKERFILE.read_text()
+    assert len(instruction("FROM")) == 2, "multi-stage: a build stage and a runtime stage"
+    # The dependency layer comes before the code: a code change must not reinstall the dependencies.
+    copies = instruction("COPY")
+    assert copies[0] == "operator/requirements.txt operator/requirements.txt"
+
+
+def test_the_lock_pins_every_requirement_of_the_operator():
+    project = PYPROJECT["project"]
+    pinned = pins()
+    for text in project["dependencies"] + project["optional-dependencies"]["operator"]:
+        requirement = Requirement(text)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pinned, f"operator/requirements.txt lacks {requirement.name} (pyproject: {text})"
+        assert requirement.specifier.contains(pinned[name]), f"{name}=={pinned[name]} does not meet {text}"
+
+
+@pytest.mark.slow
+def test_the_image_requirements_install_into_a_fresh_venv_and_run(tmp_path):
+    """What the image's build stage does, with a virtualenv for the image: lock alone, then the package."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+
+    def run(argv):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        return done.stdout
+
+    # --no-deps: the lock must be complete on its own; `pip check` proves it.
+    run(pip + ["--no-deps", "-r", str(LOCK)])
+    run(pip + ["--no-deps", str(ROOT)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "check"])
+    python = str(venv / "bin" / "python")
+    assert "run the operator" in run([python, "-m", "gpufleet", "--help"])
+    assert "--liveness" in run([python, "-m", "gpufleet", "run", "--help"])
+    # Importing the handlers imports kopf, the Kubernetes client, redis and prometheus_client.
+    run([python, "-c", "import gpufleet.handlers"])
