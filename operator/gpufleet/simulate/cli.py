@@ -107,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from gpufleet.simulate.engine import Setup, simulate
     from gpufleet.simulate.policies import KedaSettings, fleet_policies, gpufleet_spec
     from gpufleet.simulate.report import figures, plot, table
@@ -149,11 +151,17 @@ def run(args: argparse.Namespace) -> int:
         results[trace.name] = figures(runs)
         if args.plot:
             path = args.plot.with_stem(f"{args.plot.stem}-{trace.name}") if len(traces) > 1 else args.plot
-            plot(runs, path)
+            try:
+                plot(runs, path)
+            except OSError as exc:
+                print(
+                    f"gpufleet simulate: cannot write the plot {path}: {exc.strerror or exc}", file=sys.stderr
+                )
+                return 2
         if not args.json:
-            from rich.console import Console
-
-            Console(width=max(Console().width, 100)).print(table(runs, settings))
+            # Off a terminal (a file, the README) rich would wrap the table at 80 columns.
+            console = Console(emoji=False) if sys.stdout.isatty() else Console(width=120, emoji=False)
+            console.print(table(runs, settings))
     if args.json:
         if len(traces) == 1:
             (only,) = results.values()

@@ -260,30 +260,37 @@ class _Simulation:
         for _ in range(self.policy.initial):
             self._create(0.0, warm=True)
         stall = self.setup.stall_limit(self.trace)
-        now = progress = 0.0  # progress: the last completion, or the last instant with nothing pending
+        # progress: the last completion, or, while tasks remain, the last instant with none pending. Once all
+        # are done it stays at the last completion: a fleet that never comes back to rest is billed to then.
+        now = progress = 0.0
         run.timeline.append((now, 0, self.policy.initial))
         while self.events and self.events[0][0] <= progress + stall:
             now, kind, _, _, payload = heapq.heappop(self.events)
             done = run.completions
             self.handle(now, kind, payload)
-            if run.completions > done or not (self.queued or self.running or self.awaiting):
+            pending = self.queued or self.running or self.awaiting
+            if run.completions > done or (run.completions < len(tasks) and not pending):
                 progress = now
-            replicas = sum(1 for p in self.pods.values() if not p.stopping)
-            if run.timeline[-1][1:] != (self.queued, replicas):
-                run.timeline.append((now, self.queued, replicas))
-            if (
-                run.completions == len(tasks)
-                and replicas == len(self.pods) == self.policy.resting
-                and not self.awaiting
-            ):
+            replicas = self._record(now)
+            if run.completions == len(tasks) and replicas == len(self.pods) == self.policy.resting:
                 break
         else:
             now = progress + stall if self.events else now  # gave up: what is alive is billed to then
+        run.end_s = now
+        self._record(now, always=True)
         for pod in list(self.pods.values()):
             self._gone(now, pod)
-        run.end_s = now
-        run.timeline.append((now, self.queued, run.timeline[-1][2]))
         return run
+
+    def _record(self, now: float, always: bool = False) -> int:
+        """Add a point to the timeline when the queue or the replicas changed: one point per instant."""
+        timeline = self.run.timeline
+        replicas = sum(1 for p in self.pods.values() if not p.stopping)
+        if always or timeline[-1][1:] != (self.queued, replicas):
+            if timeline[-1][0] == now:
+                timeline.pop()
+            timeline.append((now, self.queued, replicas))
+        return replicas
 
 
 def simulate(trace: Trace, policy: Policy, setup: Setup = Setup()) -> Run:

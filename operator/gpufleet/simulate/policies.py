@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpufleet import crd
-from gpufleet.policy import Depth, Observation, decide, seeded
+from gpufleet.policy import Depth, History, Observation, decide
 from gpufleet.simulate.engine import Loop, Policy, View
 from gpufleet.spec import ScalingSpec, SpecError, parse_spec
 
@@ -28,7 +28,9 @@ class Gpufleet:
     def __init__(self, spec: ScalingSpec) -> None:
         self.spec = spec
         self.initial = self.resting = spec.min_replicas
-        self.history = seeded(0.0, spec.min_replicas)  # as the operator does when it first sees a fleet
+        # An operator that has watched the idle fleet for long: nothing recent in its windows. (`seeded`, for an
+        # operator that has just started, would hold back a scale-up asked for at its first tick.)
+        self.history = History()
         self.loops = (Loop(spec.poll_interval_seconds, self._poll),)
 
     def _poll(self, now: float, view: View) -> int:

@@ -16,7 +16,7 @@ def figures(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def _seconds(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.1f} s"
+    return "-" if x is None else f"{x:,.1f}"
 
 
 def _clock(x: float | None) -> str:
@@ -34,12 +34,9 @@ def table(runs: Sequence[Run], settings: Mapping[str, Any]):
     caption = ", ".join(f"{k} {v}" for k, v in settings.items())
     out = Table(title=f"{trace.name}: {len(trace.tasks):,} tasks", caption=caption, caption_justify="left")
     out.add_column("policy")
-    out.add_column("GPU-hours", justify="right")
-    for name in ("wait p50", "wait p95", "wait p99"):
+    for name in ("GPU-h", "wait p50 s", "wait p95 s", "wait p99 s", "interrupted", "scale events"):
         out.add_column(name, justify="right")
-    out.add_column("interrupted", justify="right")
-    out.add_column("scale events", justify="right")
-    out.add_column("drain", justify="right")
+    out.add_column("drain h:m:s", justify="right")
     out.add_column("unfinished", justify="right")
     for run in runs:
         f = summarize(run)
