@@ -46,7 +46,7 @@ def test_the_table_shows_every_policy(tmp_path, capsys):
     trace.write_text(TRACE)
     assert main(["simulate", "--trace", str(trace), "--startup-s", "30", "--slots", "2"]) == 0
     out = capsys.readouterr().out
-    for word in ("gpufleet", "keda", "static", "GPU-h", "wait p95 s", "interrupted", "startup 30 s"):
+    for word in ("gpufleet", "keda", "static", "GPU-h", "wait p95 s", "interrupted", "startup_s 30"):
         assert word in out
 
 

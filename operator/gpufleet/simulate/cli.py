@@ -55,7 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-replicas", type=_at_least(1, int), help="maxReplicas of every fleet (default: the CRD's, 10)"
     )
     p.add_argument(
-        "--target", type=_at_least(1, int), help="gpufleet's targetTasksPerReplica (default: the CRD's, 1)"
+        "--target",
+        type=_at_least(1, int),
+        help="gpufleet's targetTasksPerReplica (default: the CRD's, 1; with --slots N, N is the like-for-like "
+        "setting)",
     )
     p.add_argument(
         "--spec",
@@ -134,15 +137,16 @@ def run(args: argparse.Namespace) -> int:
         list_length=args.keda_list_length,
     )
     settings = {
-        "maxReplicas": spec.max_replicas,
-        "targetTasksPerReplica": spec.target_tasks_per_replica,
-        "startup": f"{setup.startup_s:g} s",
+        "max_replicas": spec.max_replicas,
+        "target_tasks_per_replica": spec.target_tasks_per_replica,
+        "startup_s": setup.startup_s,
         "slots": setup.slots,
-        "GPUs/pod": setup.gpus,
-        "redelivery": f"{setup.redelivery_s:g} s",
-        "grace": f"{setup.grace_s:g} s",
-        "KEDA listLength": keda.list_length,
-        "cooldown": f"{keda.cooldown_s:g} s",
+        "gpus_per_pod": setup.gpus,
+        "redelivery_s": setup.redelivery_s,
+        "grace_s": setup.grace_s,
+        "keda_list_length": keda.list_length,
+        "keda_cooldown_s": keda.cooldown_s,
+        "keda_polling_s": keda.polling_interval_s,
         "seed": args.seed,
     }
     results = {}

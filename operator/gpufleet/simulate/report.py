@@ -31,7 +31,7 @@ def table(runs: Sequence[Run], settings: Mapping[str, Any]):
     from rich.table import Table
 
     trace = runs[0].trace
-    caption = ", ".join(f"{k} {v}" for k, v in settings.items())
+    caption = f"{trace.about}\n" + ", ".join(f"{k} {v:g}" for k, v in settings.items())
     out = Table(title=f"{trace.name}: {len(trace.tasks):,} tasks", caption=caption, caption_justify="left")
     out.add_column("policy")
     for name in ("GPU-h", "wait p50 s", "wait p95 s", "wait p99 s", "interrupted", "scale events"):
