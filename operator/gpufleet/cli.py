@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "depth", "simulate")
+COMMANDS = ("run", "depth", "simulate", "demo")
 
 
 def _depth(args: argparse.Namespace) -> int:
@@ -39,7 +39,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.gpu_budget is not None:
         os.environ["GPUFLEET_GPU_BUDGET"] = str(args.gpu_budget)
     kopf.configure(verbose=args.verbose, log_prefix=True)
-    if not args.verbose:  # kopf logs every watch event it hands over at INFO: one line per pod change is noise
+    if (
+        not args.verbose
+    ):  # kopf logs every watch event it hands over at INFO: one line per pod change is noise
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not args.namespace,
@@ -116,6 +118,17 @@ def parser() -> argparse.ArgumentParser:
     )
     simulate_cli.add_arguments(simulate)
     simulate.set_defaults(func=simulate_cli.run)
+
+    from gpufleet import demo as demo_cli
+
+    demo = sub.add_parser(
+        "demo",
+        help="a local cluster with simulated GPU nodes, a burst of real tasks, the fleet scaling live",
+        description=(demo_cli.__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo_cli.add_arguments(demo)
+    demo.set_defaults(func=demo_cli.run)
     return p
 
 
