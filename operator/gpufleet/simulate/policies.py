@@ -47,30 +47,32 @@ class Gpufleet:
         return decision.replicas
 
 
+KEDA_SCALEDOBJECT = "https://keda.sh/docs/2.16/reference/scaledobject-spec/"
+KEDA_REDIS = "https://keda.sh/docs/2.16/scalers/redis-lists/"
+HPA = "https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/"
+
+
 @dataclass(frozen=True)
 class KedaSettings:
-    """A ScaledObject with one `redis` trigger on the Celery queue's list, and the HPA KEDA makes for it.
+    """A ScaledObject with one `redis` trigger on the Celery queue's list, and the HPA KEDA makes for it,
+    with the documented defaults (each field names its source)."""
 
-    Defaults are the documented ones:
-    - ScaledObject (https://keda.sh/docs/2.16/reference/scaledobject-spec/): pollingInterval 30 s,
-      cooldownPeriod 300 s, minReplicaCount 0; maxReplicaCount is set to the compared fleets' maximum.
-    - Redis Lists scaler (https://keda.sh/docs/2.16/scalers/redis-lists/): listLength 5 (the average target
-      per replica, an AverageValue metric), activationListLength 0.
-    - HPA (https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/): synced every 15 s
-      (--horizontal-pod-autoscaler-sync-period), tolerance 0.1 (--horizontal-pod-autoscaler-tolerance),
-      scale-down stabilization window 300 s, and with no `behavior` set, scale-up limited per sync to the
-      larger of twice the current replicas and 4 (the default behaviour's 100 % or 4 pods per 15 s).
-    """
-
-    polling_interval_s: float = 30.0
-    cooldown_s: float = 300.0
-    min_replica_count: int = 0
-    max_replica_count: int = 10
-    list_length: int = 5
-    activation_list_length: int = 0
-    hpa_sync_s: float = 15.0
-    tolerance: float = 0.1
-    scale_down_window_s: float = 300.0
+    polling_interval_s: float = 30.0  # KEDA_SCALEDOBJECT#pollinginterval
+    cooldown_s: float = 300.0  # KEDA_SCALEDOBJECT#cooldownperiod
+    min_replica_count: int = 0  # KEDA_SCALEDOBJECT#minreplicacount
+    max_replica_count: int = (
+        10  # KEDA_SCALEDOBJECT#maxreplicacount (default 100): set to the compared maximum
+    )
+    list_length: int = 5  # KEDA_REDIS: listLength, the AverageValue target per replica
+    activation_list_length: int = 0  # KEDA_REDIS: activationListLength
+    hpa_sync_s: float = (
+        15.0  # HPA#how-does-a-horizontalpodautoscaler-work (--horizontal-pod-autoscaler-sync-period)
+    )
+    tolerance: float = 0.1  # HPA#algorithm-details (--horizontal-pod-autoscaler-tolerance)
+    scale_down_window_s: float = 300.0  # HPA#default-behavior: scaleDown.stabilizationWindowSeconds
+    # HPA#default-behavior: scaleUp adds at most 100 % or 4 pods per 15 s, whichever is more; KEDA sets no
+    # `behavior`, and the controller then limits each sync to max(2 x current, 4) (horizontal.go's
+    # scaleUpLimitFactor and scaleUpLimitMinimum), the same at a 15 s sync.
     scale_up_factor: float = 2.0
     scale_up_minimum: int = 4
 
