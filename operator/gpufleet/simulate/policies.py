@@ -60,14 +60,12 @@ class KedaSettings:
     polling_interval_s: float = 30.0  # KEDA_SCALEDOBJECT#pollinginterval
     cooldown_s: float = 300.0  # KEDA_SCALEDOBJECT#cooldownperiod
     min_replica_count: int = 0  # KEDA_SCALEDOBJECT#minreplicacount
-    max_replica_count: int = (
-        10  # KEDA_SCALEDOBJECT#maxreplicacount (default 100): set to the compared maximum
-    )
+    # KEDA_SCALEDOBJECT#maxreplicacount (default 100): set to the maximum of the fleets compared
+    max_replica_count: int = 10
     list_length: int = 5  # KEDA_REDIS: listLength, the AverageValue target per replica
     activation_list_length: int = 0  # KEDA_REDIS: activationListLength
-    hpa_sync_s: float = (
-        15.0  # HPA#how-does-a-horizontalpodautoscaler-work (--horizontal-pod-autoscaler-sync-period)
-    )
+    # HPA#how-does-a-horizontalpodautoscaler-work (--horizontal-pod-autoscaler-sync-period)
+    hpa_sync_s: float = 15.0
     tolerance: float = 0.1  # HPA#algorithm-details (--horizontal-pod-autoscaler-tolerance)
     scale_down_window_s: float = 300.0  # HPA#default-behavior: scaleDown.stabilizationWindowSeconds
     # HPA#default-behavior: scaleUp adds at most 100 % or 4 pods per 15 s, whichever is more; KEDA sets no
