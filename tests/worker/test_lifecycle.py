@@ -99,12 +99,13 @@ def test_sigterm_lets_the_running_task_finish(redis_url, tmp_path, pool):
 
 def test_a_killed_workers_task_runs_again_on_another_worker(redis_url, tmp_path):
     # A short visibility timeout so Redis hands the unacknowledged task out again within the test.
-    env = worker_env(redis_url, tmp_path, GPUFLEET_VISIBILITY_TIMEOUT="3", GPUFLEET_TASK_TIME_LIMIT="2")
+    # The task (2.5 s) stays under the visibility timeout, or Redis would also hand out the second run.
+    env = worker_env(redis_url, tmp_path, GPUFLEET_VISIBILITY_TIMEOUT="5", GPUFLEET_TASK_TIME_LIMIT="4")
     markers = tmp_path / "runs"
     markers.mkdir()
     first = Worker(env, tmp_path / "first.log", app="user_app:app")
     with first:
-        result = producer_for(env).send_task("user.sleep", args=(1.5, str(markers)))
+        result = producer_for(env).send_task("user.sleep", args=(2.5, str(markers)))
         wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
         os.killpg(first.proc.pid, signal.SIGKILL)
         first.wait_exit()
@@ -120,7 +121,7 @@ def test_a_killed_pool_process_has_its_task_requeued(redis_url, tmp_path):
     markers = tmp_path / "runs"
     markers.mkdir()
     with Worker(env, tmp_path / "worker.log", app="user_app:app", pool="prefork"):
-        result = producer_for(env).send_task("user.sleep", args=(2, str(markers)))
+        result = producer_for(env).send_task("user.sleep", args=(4, str(markers)))
         (child,) = wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
         os.kill(child, signal.SIGKILL)
         assert result.get(timeout=TIMEOUT) == "slept"

@@ -54,7 +54,9 @@ def configure(app: Celery, env: Mapping[str, str] | None = None) -> Settings:
         app.conf.worker_concurrency = settings.concurrency
     if settings.soft_shutdown_timeout is not None:
         app.conf.worker_soft_shutdown_timeout = settings.soft_shutdown_timeout
-    app.conf.include = [*app.conf.include, "gpufleet_worker.tasks", "gpufleet_worker.fanout"]
+    app.conf.include = list(
+        dict.fromkeys([*app.conf.include, "gpufleet_worker.tasks", "gpufleet_worker.fanout"])
+    )
     lifecycle.connect(app, settings)
     return settings
 

@@ -33,7 +33,6 @@ _OOM_MARKERS = ("out of memory", "ALLOC_FAILED", "cudaErrorMemoryAllocation")
 class Device:
     xp: ModuleType
     name: str
-    index: int | None = None
     _cupy: ModuleType | None = field(default=None, repr=False)
 
     @property
@@ -127,7 +126,7 @@ def _cupy_device(settings: Settings, process_index: int) -> Device:
     logger.info(
         "gpufleet device: %s, CuPy %s, memory limit %s", name, cupy.__version__, settings.gpu_memory_limit
     )
-    return Device(xp=cupy, name=name, index=index, _cupy=cupy)
+    return Device(xp=cupy, name=name, _cupy=cupy)
 
 
 def init(settings: Settings, process_index: int = 0) -> Device:

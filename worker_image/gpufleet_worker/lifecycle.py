@@ -8,7 +8,6 @@ worker_ready (main: state keeper) -> ... -> worker_shutdown (main, after running
 from __future__ import annotations
 
 import logging
-import sys
 
 import redis
 from billiard.process import current_process
@@ -39,7 +38,6 @@ def connect(app: Celery, settings: Settings) -> None:
 def _refuse(message: str) -> None:
     # Celery logs and swallows exceptions raised by signal handlers; SystemExit is what stops a worker.
     logger.critical("gpufleet worker cannot start: %s", message)
-    print(f"gpufleet worker cannot start: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
 
