@@ -49,7 +49,7 @@ def test_heartbeat_and_worker_state_follow_the_work(redis_url, tmp_path):
     os.utime(tmp_path / "heartbeat", (0, 0))
     markers = tmp_path / "runs"
     markers.mkdir()
-    with Worker(env, tmp_path / "worker.log", app="user_app:app") as worker:
+    with Worker(env, tmp_path / "worker.log", app="worker_user_app:app") as worker:
         assert health(env).returncode == 0, health(env).stderr
 
         idle = wait_for(lambda: entry(client), TIMEOUT, "the worker's state entry")
@@ -87,7 +87,7 @@ def test_sigterm_lets_the_running_task_finish(redis_url, tmp_path, pool):
     env = worker_env(redis_url, tmp_path)
     markers = tmp_path / "runs"
     markers.mkdir()
-    with Worker(env, tmp_path / "worker.log", app="user_app:app", pool=pool) as worker:
+    with Worker(env, tmp_path / "worker.log", app="worker_user_app:app", pool=pool) as worker:
         result = producer_for(env).send_task("user.sleep", args=(4, str(markers)))
         wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
         worker.signal(signal.SIGTERM)
@@ -103,7 +103,7 @@ def test_a_killed_workers_task_runs_again_on_another_worker(redis_url, tmp_path)
     env = worker_env(redis_url, tmp_path, GPUFLEET_VISIBILITY_TIMEOUT="5", GPUFLEET_TASK_TIME_LIMIT="4")
     markers = tmp_path / "runs"
     markers.mkdir()
-    first = Worker(env, tmp_path / "first.log", app="user_app:app")
+    first = Worker(env, tmp_path / "first.log", app="worker_user_app:app")
     with first:
         result = producer_for(env).send_task("user.sleep", args=(2.5, str(markers)))
         wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
@@ -111,7 +111,7 @@ def test_a_killed_workers_task_runs_again_on_another_worker(redis_url, tmp_path)
         first.wait_exit()
     assert result.state == "PENDING"
     second_env = {**env, "GPUFLEET_POD_NAME": "matrix-1"}
-    with Worker(second_env, tmp_path / "second.log", app="user_app:app"):
+    with Worker(second_env, tmp_path / "second.log", app="worker_user_app:app"):
         assert result.get(timeout=TIMEOUT) == "slept"
     assert len(runs(markers)) == 2
 
@@ -120,7 +120,7 @@ def test_a_killed_pool_process_has_its_task_requeued(redis_url, tmp_path):
     env = worker_env(redis_url, tmp_path)
     markers = tmp_path / "runs"
     markers.mkdir()
-    with Worker(env, tmp_path / "worker.log", app="user_app:app", pool="prefork"):
+    with Worker(env, tmp_path / "worker.log", app="worker_user_app:app", pool="prefork"):
         result = producer_for(env).send_task("user.sleep", args=(4, str(markers)))
         (child,) = wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
         os.kill(child, signal.SIGKILL)
@@ -131,7 +131,7 @@ def test_a_killed_pool_process_has_its_task_requeued(redis_url, tmp_path):
 
 def test_a_users_gpu_task_gets_xp_and_device_arrays(redis_url, tmp_path):
     env = worker_env(redis_url, tmp_path)
-    with Worker(env, tmp_path / "worker.log", app="user_app:app"):
+    with Worker(env, tmp_path / "worker.log", app="worker_user_app:app"):
         got = producer_for(env).send_task("user.scale", args=(np.arange(4.0), 2.5)).get(timeout=TIMEOUT)
     np.testing.assert_allclose(got["scaled"], np.arange(4.0) * 2.5)
     assert got["on_device"] is True and got["xp"] == "numpy"
@@ -139,7 +139,7 @@ def test_a_users_gpu_task_gets_xp_and_device_arrays(redis_url, tmp_path):
 
 def test_a_result_the_codec_refuses_fails_the_task_not_the_worker(redis_url, tmp_path):
     env = worker_env(redis_url, tmp_path)
-    with Worker(env, tmp_path / "worker.log", app="user_app:app") as worker:
+    with Worker(env, tmp_path / "worker.log", app="worker_user_app:app") as worker:
         producer = producer_for(env)
         result = producer.send_task("user.object_result")
         with pytest.raises(Exception, match="numeric and bool arrays only, not dtype object"):
@@ -190,5 +190,5 @@ def test_a_task_whose_own_time_limit_outlives_the_visibility_timeout_is_refused(
         GPUFLEET_TASK_TIME_LIMIT="30",
         USER_APP_SLOW_TASK="90",
     )
-    log = _start_and_fail(env, tmp_path, app="user_app:app")
+    log = _start_and_fail(env, tmp_path, app="worker_user_app:app")
     assert "the time_limit of task user.slow" in log

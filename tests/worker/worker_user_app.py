@@ -10,7 +10,7 @@ from celery import Celery
 from gpufleet_worker import gpu_task
 from gpufleet_worker.app import configure
 
-app = Celery("user_app")
+app = Celery("worker_user_app")
 configure(app)
 
 
