@@ -103,7 +103,9 @@ def test_out_of_memory_fails_the_task_and_the_device_lives_on(monkeypatch):
 
 def test_a_gpu_worker_runs_tasks_on_cupy(redis_url, tmp_path):
     env = worker_env(redis_url, tmp_path, GPUFLEET_GPUS="1", GPUFLEET_REQUIRE_GPU="1")
-    with Worker(env, tmp_path / "worker.log", app="worker_user_app:app", pool="prefork", concurrency=2) as worker:
+    with Worker(
+        env, tmp_path / "worker.log", app="worker_user_app:app", pool="prefork", concurrency=2
+    ) as worker:
         producer = Celery("producer")
         configure(producer, env)
         got = producer.send_task("user.scale", args=(np.arange(4.0), 2.0)).get(timeout=120)

@@ -128,6 +128,7 @@ def test_worker_values():
     )
     assert s.state_interval == 5.0
     assert from_env({}).queues == ("celery",)
+    assert from_env({}).gpus is None, "unset means: use a GPU where one is visible"
 
 
 def test_configure_gives_an_app_the_fleet_safe_defaults():

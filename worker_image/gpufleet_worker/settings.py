@@ -40,7 +40,7 @@ class Settings:
     heartbeat_file: str
     heartbeat_max_age: float
     state_interval: float
-    gpus: int
+    gpus: int | None
     require_gpu: bool
     gpu_memory_limit: str | None
     max_payload_bytes: int
@@ -185,7 +185,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
     if keyprefix:
         transport_options["global_keyprefix"] = keyprefix
 
-    gpus = _int(env, "GPUFLEET_GPUS", 0)
+    # Unset: use a GPU if one is visible (a developer's machine); "0": a CPU-only fleet, CuPy is not tried.
+    gpus = _int(env, "GPUFLEET_GPUS", None)
     return Settings(
         fleet=env.get("GPUFLEET_FLEET", "").strip(),
         pod_name=env.get("GPUFLEET_POD_NAME", "").strip(),
