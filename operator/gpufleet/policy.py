@@ -48,7 +48,8 @@ class History:
 def seeded(now: float, current: int) -> History:
     """The history of a fleet first seen now (an operator start): as if `current` had just been recommended,
     so a restarted operator waits a whole stabilization window before it scales anything down."""
-    return History(((now, current),), now)
+    # A hair in the past: inside any scale-down window, outside a zero-length scale-up window.
+    return History(((now - 1e-3, current),), now)
 
 
 @dataclass(frozen=True)
