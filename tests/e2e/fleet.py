@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -156,17 +155,17 @@ class Kubectl:
     def __init__(self, binary: str, env: dict[str, str], namespace: str | None = None) -> None:
         self.binary, self.env, self.namespace = binary, env, namespace
 
-    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         ns = ["--namespace", self.namespace] if self.namespace else []
         out = subprocess.run(
-            [self.binary, *ns, *args], env=self.env, input=input, capture_output=True, text=True, timeout=120
+            [self.binary, *ns, *args], env=self.env, input=stdin, capture_output=True, text=True, timeout=120
         )
         if check and out.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
         return out
 
     def apply(self, manifest: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("apply", "-f", "-", input=manifest, check=check)
+        return self.run("apply", "-f", "-", stdin=manifest, check=check)
 
     def get(self, kind: str, name: str | None = None) -> Any:
         out = self.run("get", kind, *([name] if name else []), "-o", "json", check=False)

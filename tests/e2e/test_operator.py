@@ -185,6 +185,8 @@ def test_reaction_time(kubectl, operator, redis_url, tasks):
     times = []
     for _ in range(5):
         wait_for("zero replicas", lambda: kubectl.replicas("react-workers") == 0, timeout=60)
+        # and no worker left finishing its grace period: one would take the task before any scale-up is needed
+        wait_for("no worker pod", lambda: not kubectl.pods("gpufleet.dev/fleet=react"), timeout=60)
         client.delete("gpu")
         started = time.monotonic()
         tasks.send(1, seconds=0.1)
