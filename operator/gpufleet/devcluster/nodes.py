@@ -98,11 +98,13 @@ def wait_ready(api: client.ApiClient, name: str, timeout: float = 120.0) -> None
 
 
 def remove_node(api: client.ApiClient, name: str, *, drain: bool = True, timeout: float = 120.0) -> None:
-    """Delete a node. With `drain`, first delete its pods (each with its own grace period) and wait for them to
-    be gone, as a cluster autoscaler does before removing a node; without, the pods are left to the pod garbage
-    collector, as when a node vanishes."""
+    """Delete a node. With `drain`, first cordon it and delete its pods (each with its own grace period) and wait
+    for them to be gone, as a cluster autoscaler does before removing a node; without, the pods are left to the pod
+    garbage collector, as when a node vanishes."""
     core = client.CoreV1Api(api)
     if drain:
+        # Cordoned first, or the pods' controllers would put their replacements right back on it.
+        core.patch_node(name, {"spec": {"unschedulable": True}})
         selector = f"spec.nodeName={name}"
         for pod in core.list_pod_for_all_namespaces(field_selector=selector).items:
             try:

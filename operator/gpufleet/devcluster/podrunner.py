@@ -97,8 +97,7 @@ class PodRunner:
         }  # fmt: skip
         self.workdir = workdir
         self.stop_timeout = stop_timeout
-        self._api = config.new_client_from_config(config_file=str(kubeconfig))
-        self._core = client.CoreV1Api(self._api)
+        self.kubeconfig = kubeconfig
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
         self._pods: dict[str, _PodProcess] = {}  # by pod uid
@@ -111,6 +110,8 @@ class PodRunner:
 
     def start(self) -> None:
         (self.directory / "pods").mkdir(parents=True, exist_ok=True)
+        self._api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        self._core = client.CoreV1Api(self._api)
         for selector in self.selectors:
             thread = threading.Thread(
                 target=self._watch, args=(selector,), name=f"podrunner {selector}", daemon=True
@@ -120,6 +121,8 @@ class PodRunner:
         self.note(f"watching pods {' | '.join(self.selectors)} on nodes annotated {KWOK_ANNOTATION}=fake")
 
     def stop(self) -> None:
+        if self._stopping.is_set() or not self._watchers:
+            return
         self._stopping.set()
         with self._lock:
             processes = list(self._pods.values())

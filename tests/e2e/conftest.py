@@ -1,0 +1,122 @@
+"""Fixtures of the e2e suite: one real cluster per session (see providers.py), a namespace per test, GPU nodes
+per test, and the cluster's logs printed under any test that fails.
+
+Every test collected under tests/e2e is marked `cluster`: `pytest -m "not cluster"` leaves them out.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+import providers
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    # Read by _logs_on_failure: whether this test's setup or call failed.
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The session's cluster (providers.Cluster): kubeconfig, env, kubectl(), helm(), api, add_gpu_node(),
+    remove_node(), runner, logs()."""
+    started = time.monotonic()
+    cluster = providers.start()
+    print(f"e2e cluster ({cluster.provider}) ready in {time.monotonic() - started:.1f}s")
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request):
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    reports = [getattr(request.node, f"report_{when}", None) for when in ("setup", "call")]
+    if any(r is not None and r.failed for r in reports):
+        # Printed in teardown: pytest shows it under the failed test's report.
+        print(request.getfixturevalue("cluster").logs())
+
+
+@pytest.fixture
+def cluster_env(cluster):
+    """The environment for a subprocess that must reach the test cluster and only it."""
+    return dict(cluster.env)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].strip("-")
+
+
+@pytest.fixture
+def namespace(cluster, request):
+    """A fresh namespace for one test, with its default ServiceAccount (pods are refused without it); deleted
+    after the test, once its pods (and their processes) are gone."""
+    name = f"{_slug(request.node.name)}-{uuid.uuid4().hex[:5]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace({"metadata": {"name": name, "labels": {"gpufleet.dev/e2e": "true"}}})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield name
+    core.delete_namespace(name)
+    # Wait for its pods (and so their processes) to be gone, not for the namespace itself: the namespace
+    # controller keeps every namespace at least 5 s more, for its caches' sake.
+    deadline = time.monotonic() + 180
+    while core.list_namespaced_pod(name).items:
+        if time.monotonic() > deadline:
+            print(f"namespace {name}: pods still there 180 s after its deletion")
+            return
+        time.sleep(0.2)
+
+
+class NodePool:
+    """Fake GPU nodes of one test's own pool: `selector` is a nodeSelector matching them and nothing else."""
+
+    def __init__(self, cluster: providers.Cluster, name: str):
+        self.cluster = cluster
+        self.selector = {"gpufleet.dev/pool": name}
+        self.names: list[str] = []
+
+    def add(self, count: int = 1, **options) -> list[str]:
+        """`count` more nodes, each Ready when this returns; options as Cluster.add_gpu_node (gpus=, ...)."""
+        labels = {**options.pop("labels", {}), **self.selector}
+        names = [self.cluster.add_gpu_node(labels=labels, **options) for _ in range(count)]
+        self.names += names
+        return names
+
+    def remove(self, name: str, *, drain: bool = True) -> None:
+        self.cluster.remove_node(name, drain=drain)
+        self.names.remove(name)
+
+
+@pytest.fixture
+def gpu_nodes(cluster, request):
+    """An empty NodePool for this test; its nodes are removed after it (their pods drained first)."""
+    pool = NodePool(cluster, f"{_slug(request.node.name)[:40]}-{uuid.uuid4().hex[:5]}")
+    yield pool
+    for name in list(pool.names):
+        pool.remove(name)
