@@ -11,10 +11,11 @@ import time
 import uuid
 from pathlib import Path
 
-import providers
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+import providers
 
 HERE = Path(__file__).resolve().parent
 
