@@ -25,6 +25,13 @@ if [[ ${#missing[@]} -eq 0 ]]; then echo "$BIN"; exit 0; fi
 command -v go >/dev/null || { echo "build-k8s: Go is needed (https://go.dev/doc/install)" >&2; exit 1; }
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 mkdir -p "$BIN"
+# One build at a time (make test's bootstrap and a dev-cluster up may start together); whoever waited finds the
+# binaries built and returns at once.
+exec 9>"$BIN/.lock"
+flock 9
+missing=()
+for b in "${WANTED[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
+if [[ ${#missing[@]} -eq 0 ]]; then echo "$BIN"; exit 0; fi
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 log() { echo "build-k8s: $*" >&2; }
 start=$SECONDS
