@@ -51,7 +51,7 @@ def test_manifests_hold_the_namespace_first_and_everything_of_the_chart_but_its_
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
         ["Namespace", "ServiceAccount", "ConfigMap", "CustomResourceDefinition", "Service", "Deployment"]
-        + ["ClusterRole", "ClusterRoleBinding"] * 3
+        + ["ClusterRole", "ClusterRoleBinding"] * 2
     )
     for obj in objects[1:]:
         if obj["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):

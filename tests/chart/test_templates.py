@@ -71,7 +71,6 @@ GPUFLEET = [
     ("", "events", "create patch", ()),
 ]
 KOPF_CLUSTER = [("apiextensions.k8s.io", "customresourcedefinitions", "list watch", ())]
-KOPF_EVENTS = [("", "events", "create", ())]
 
 
 def test_lint_is_clean(helm):
@@ -88,7 +87,7 @@ def test_defaults_render_the_operator_and_nothing_optional(helm):
     rendered = helm.render()
     assert rendered.kinds() == sorted(
         ["ServiceAccount", "ConfigMap", "CustomResourceDefinition", "Service", "Deployment", "Pod"]
-        + ["ClusterRole", "ClusterRoleBinding"] * 3
+        + ["ClusterRole", "ClusterRoleBinding"] * 2
     )
     for obj in rendered.objects:
         assert len(obj["metadata"]["name"]) <= 63
@@ -182,7 +181,7 @@ def test_long_names_are_cut_to_63_and_keep_their_suffix(helm):
     names = {o["metadata"]["name"] for o in rendered.objects if o["kind"] != "CustomResourceDefinition"}
     assert all(len(n) <= 63 for n in names), names
     assert "x" * 63 in names
-    for suffix in ("metrics", "kopf", "kopf-events", "redis", "dashboard", "test"):
+    for suffix in ("metrics", "kopf", "redis", "dashboard", "test"):
         assert any(n.endswith("-" + suffix) for n in names), suffix
 
 
@@ -197,7 +196,7 @@ def test_metrics_service_selects_the_operator_pod(helm):
 
 def test_cluster_wide_rbac_is_exactly_the_table(helm):
     held = grants(helm.render())
-    expected = table(CLUSTER, GPUFLEET + KOPF_CLUSTER + KOPF_EVENTS)
+    expected = table(CLUSTER, GPUFLEET + KOPF_CLUSTER)
     assert set(held) == expected
     # kopf's needs and gpufleet's come from different roles.
     for (_, group, *_), roles in held.items():
@@ -205,7 +204,6 @@ def test_cluster_wide_rbac_is_exactly_the_table(helm):
             assert roles == {f"{FULLNAME}-kopf"}
         if group == "gpufleet.dev":
             assert roles == {FULLNAME}
-    assert held[(CLUSTER, "", "events", "create", ())] == {FULLNAME, f"{FULLNAME}-kopf-events"}
 
 
 def test_namespaced_rbac_stays_in_its_namespaces(helm):
@@ -216,7 +214,7 @@ def test_namespaced_rbac_stays_in_its_namespaces(helm):
     ]
     expected = table(CLUSTER, KOPF_CLUSTER + [("", "namespaces", "list watch", ())])
     for namespace in ("team-a", "team-b"):
-        expected |= table(namespace, secrets + KOPF_EVENTS)
+        expected |= table(namespace, secrets)
     assert set(held) == expected
     assert rendered.all("Role") and all(
         r["metadata"]["namespace"] in ("team-a", "team-b") for r in rendered.all("Role")
