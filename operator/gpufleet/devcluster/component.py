@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -29,11 +29,10 @@ def tail(path: Path, lines: int) -> str:
 
 
 class Component:
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path):
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
-        self.env = dict(env) if env is not None else None
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -43,7 +42,6 @@ class Component:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
                 # Its own session: a Ctrl-C in the terminal reaches us, and we stop the components in order.
                 start_new_session=True,
                 preexec_fn=die_with_parent,

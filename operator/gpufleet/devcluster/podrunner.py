@@ -11,7 +11,7 @@ ignored, the local virtualenv plays it. The pod's lifecycle is the kubelet's:
 - a pod object that vanishes without the runner (force-deleted, or deleted by kwok before the claim landed) still
   gets SIGTERM, its grace period, then SIGKILL.
 
-Each pod's output goes to `<directory>/pods/<namespace>_<name>/log`, which is also its working directory.
+Each pod's output goes to `<directory>/pods/<namespace>_<name>/log`; that directory is its working directory.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PodRunner:
 
     `env_overlay` is applied over the pod's own environment: a mapping, or a function of the pod object that
     returns one, for what only makes sense outside a container (PATH to a virtualenv, PYTHONPATH, KUBECONFIG for
-    the operator's pod). `base_env` plays the image's ENV: under the pod's environment. `workdir` replaces the
+    the operator's pod). `base_env`, under the pod's environment, plays the image's ENV. `workdir` replaces the
     per-pod working directory.
     """
 
@@ -82,7 +82,6 @@ class PodRunner:
         *,
         selectors: Sequence[str] = DEFAULT_SELECTORS,
         env_overlay: EnvOverlay | None = None,
-        base_env: Mapping[str, str] | None = None,
         workdir: Path | None = None,
         stop_timeout: float = 10.0,
     ):
@@ -90,11 +89,11 @@ class PodRunner:
         self.selectors = tuple(selectors)
         self.env_overlay: EnvOverlay = env_overlay if env_overlay is not None else {}
         venv_bin = str(Path(sys.executable).parent)
-        self.base_env = dict(base_env) if base_env is not None else {
+        self.base_env = {
             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
             "HOME": os.environ.get("HOME", "/tmp"),
             "LANG": "C.UTF-8",
-        }  # fmt: skip
+        }
         self.workdir = workdir
         self.stop_timeout = stop_timeout
         self.kubeconfig = kubeconfig
@@ -350,6 +349,7 @@ class _PodProcess(threading.Thread):
                         pass
                     if self._stop_requested.is_set():
                         break
+                    self.pid = None
                     policy = self.pod["spec"].get("restartPolicy", "Always")
                     runner.note(f"{key}: exited with {proc.returncode} (restartPolicy {policy})")
                     if not _restarts(policy, proc.returncode):
