@@ -379,6 +379,18 @@ def test_helm_test_hook(helm):
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+def test_the_test_pod_runs_where_the_operator_runs(helm):
+    rendered = helm.render(
+        sets=("nodeSelector.pool=system", "tolerations[0].key=dedicated", "tolerations[0].operator=Exists")
+    )
+    operator = rendered.one("Deployment", FULLNAME)["spec"]["template"]["spec"]
+    test = rendered.one("Pod")["spec"]
+    assert operator["nodeSelector"] == {"pool": "system"}
+    for field in ("nodeSelector", "tolerations"):
+        assert test[field] == operator[field]
+    assert "affinity" not in test and "affinity" not in operator
+
+
 def notes_queue(helm, chart, *values, sets=()):
     notes = helm.render(*values, sets=sets, chart=chart).one("ConfigMap", "notes")["data"]["notes"]
     start = notes.index("<<'YAML'\n") + len("<<'YAML'\n")

@@ -103,3 +103,19 @@ subjects:
   {{- include "gpufleet.subjects" $ctx | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* Where the operator pod runs; the `helm test` pod runs there too. */}}
+{{- define "gpufleet.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
