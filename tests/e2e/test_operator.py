@@ -178,6 +178,7 @@ def test_reaction_time(kubectl, operator, redis_url, tasks):
             redis_url,
             ["gpu"],
             scaling={"idleSecondsBeforeZero": 0, "scaleDownStabilizationSeconds": 0},
+            worker={"terminationGracePeriodSeconds": 20},
         )
     )
     wait_for("the worker Deployment", lambda: kubectl.get("deployment", "react-workers"))
@@ -186,7 +187,7 @@ def test_reaction_time(kubectl, operator, redis_url, tasks):
     for _ in range(5):
         wait_for("zero replicas", lambda: kubectl.replicas("react-workers") == 0, timeout=60)
         # and no worker left finishing its grace period: one would take the task before any scale-up is needed
-        wait_for("no worker pod", lambda: not kubectl.pods("gpufleet.dev/fleet=react"), timeout=60)
+        wait_for("no worker pod", lambda: not kubectl.pods("gpufleet.dev/fleet=react"), timeout=150)
         client.delete("gpu")
         started = time.monotonic()
         tasks.send(1, seconds=0.1)
