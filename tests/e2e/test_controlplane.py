@@ -134,7 +134,9 @@ def pods(cluster, namespace: str, label: str) -> list[dict]:
 
 def test_server_reports_the_pinned_release(cluster):
     if cluster.provider != "local":
-        pytest.skip("the pinned release is the local control plane's; kind runs its own")
+        pytest.skip(
+            f"the pinned release is the local control plane's; a {cluster.provider} cluster runs its own"
+        )
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == os.environ.get("GPUFLEET_K8S_VERSION", "v1.33.13")
 
