@@ -87,8 +87,9 @@ def worker_command(spec: QueueSpec) -> tuple[list[str], list[str]]:
     w = spec.worker
     if w.command or w.args:
         return list(w.command), list(w.args)
-    return ["celery"], [
-        "-A", w.celery_app, "worker",
+    # args only: the image's ENTRYPOINT (tini) stays PID 1 and forwards SIGTERM to Celery.
+    return [], [
+        "celery", "-A", w.celery_app, "worker",
         "--pool", w.pool,
         "--concurrency", str(w.slots),
         "--queues", ",".join(spec.queues),
@@ -125,7 +126,7 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
         "name": "worker",
         "image": w.image,
         "imagePullPolicy": w.image_pull_policy,
-        "command": command,
+        **({"command": command} if command else {}),
         "args": args,
         "env": worker_env(spec, namespace, name),
         "resources": _resources(spec),

@@ -129,6 +129,15 @@ def test_command_line_expands_from_the_whole_environment():
     ]
 
 
-def test_a_container_without_command_cannot_run():
-    with pytest.raises(Unresolvable, match="no command"):
-        command_line({"name": "worker", "args": ["x"]}, {})
+def test_args_alone_run_as_the_images_entrypoint_would():
+    # gpufleet's images: ENTRYPOINT tini, which runs its arguments; the operator sets args only.
+    assert command_line({"name": "worker", "args": ["celery", "-A", "$(APP)"]}, {"APP": "a:b"}) == [
+        "celery",
+        "-A",
+        "a:b",
+    ]
+
+
+def test_a_container_with_nothing_to_run_cannot_run():
+    with pytest.raises(Unresolvable, match="neither command nor args"):
+        command_line({"name": "worker"}, {})

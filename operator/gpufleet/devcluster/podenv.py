@@ -100,10 +100,9 @@ def environment(pod: Mapping[str, Any], container: Mapping[str, Any], lookup: Lo
 
 
 def command_line(container: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """The argv the container runs. The image is not run, so its ENTRYPOINT is unknown; with no `command`, the
+    `args` are run as they are, which is what gpufleet's images do (ENTRYPOINT tini, which runs its arguments)."""
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
-    if not container.get("command"):
-        # The image is not run, so its ENTRYPOINT is unknown: a process pod must name its command.
-        raise Unresolvable(
-            f"container {container.get('name')!r} has no command (the image's entrypoint is not known)"
-        )
+    if not argv:
+        raise Unresolvable(f"container {container.get('name')!r} has neither command nor args to run")
     return [expand(arg, env) for arg in argv]
