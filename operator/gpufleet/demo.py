@@ -1,8 +1,9 @@
 """`gpufleet demo`: a burst of real tasks through a real fleet, watched live as it scales up and back to zero.
 
-On this machine: a local control plane (Go-built binaries) with simulated GPU nodes, the operator, a
-redis-server, and worker pods run as local processes by the process-pod runner (NumPy stands in for CuPy
-without a GPU). With --kubeconfig: any cluster, with a worker image and a broker both it and this machine reach.
+On this machine: a local control plane (Go-built binaries) with simulated GPU nodes, a redis-server, the
+operator installed with the Helm chart, and its pods and the worker pods run as local processes by the
+process-pod runner (NumPy stands in for CuPy without a GPU). With --kubeconfig: any cluster (the chart is
+installed there), with a worker image and a broker that both it and this machine reach.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from gpufleet.crd import crd_path
 
 QUEUE = "demo"
 NAME = "demo"
@@ -71,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--broker", help="with --kubeconfig: a Redis URL both the cluster's pods and this machine reach"
     )
     p.add_argument("--image", help="with --kubeconfig: the worker image")
+    p.add_argument(
+        "--operator-image",
+        help="with --kubeconfig: the operator image repository (the chart's default otherwise)",
+    )
     p.add_argument("--keep", action="store_true", help="leave the local cluster running at the end")
 
 
@@ -221,7 +223,8 @@ def watch(kubectl: Kubectl, burst: Burst, n: int, timeout: float, live: bool) ->
 def scaling_events(kubectl: Kubectl) -> list[str]:
     items = kubectl.json("events", "--field-selector", f"involvedObject.name={NAME}").get("items", [])
     items = [e for e in items if e.get("reason") in ("ScaledUp", "ScaledDown")]
-    items.sort(key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")
+    # Timestamps have whole seconds; etcd's revision orders events posted within one.
+    items.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
     return [f"{e['reason']:<10} {e['message']}" for e in items]
 
 
@@ -271,48 +274,55 @@ def plot(run: Run, n: int, path: str) -> None:
     plt.close(fig)
 
 
+CHART = Path(__file__).resolve().parents[2] / "charts" / "gpufleet"
+RELEASE, RELEASE_NAMESPACE = "gpufleet", "gpufleet-system"
+
+
+def install_operator(kubectl: Kubectl, env: dict[str, str], *values: str) -> None:
+    """`helm install` of the chart (CRD, RBAC, the operator's Deployment), then wait until it serves."""
+    out = subprocess.run(
+        ["helm", "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+         "--wait", "--timeout", "180s", *values],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"helm install failed: {out.stderr.strip()}")
+    kubectl("wait", "--for=condition=Established", "crd/gputaskqueues.gpufleet.dev", "--timeout=60s")
+
+
 @contextlib.contextmanager
 def local_cluster(nodes: int, gpus: int, keep: bool):
-    """Control plane, GPU nodes, the process-pod runner, a redis-server and the operator, all on loopback."""
+    """The dev cluster (control plane, GPU nodes, process pods) and a redis-server, all on loopback; the operator
+    is installed into it with the Helm chart and runs as a process pod (this virtualenv plays its image)."""
     from gpufleet.devcluster.binaries import bin_dir
-    from gpufleet.devcluster.controlplane import ControlPlane
-    from gpufleet.devcluster.nodes import add_gpu_node
-    from gpufleet.devcluster.podrunner import PodRunner
-    from gpufleet.devcluster.redisserver import RedisServer
+    from gpufleet.devcluster.cluster import DevCluster
+    from gpufleet.devcluster.redisserver import RedisServer, free_port
 
     print(
         "starting a local control plane (etcd, kube-apiserver, controller manager, scheduler, kwok) ...",
         flush=True,
     )
-    directory = Path(tempfile.mkdtemp(prefix="gpufleet-demo-"))
+    cluster = DevCluster(bin_dir(build=True), gpu_nodes=nodes, gpus_per_node=gpus)
     with contextlib.ExitStack() as stack:
-        cp = ControlPlane(bin_dir(build=True), directory / "cluster")
-        cp.start()
-        stack.callback(cp.stop if keep else cp.close)
-        api = cp.api_client()
-        for i in range(nodes):
-            add_gpu_node(api, f"gpu-node-{i}", gpus=gpus)
-        runner = PodRunner(
-            cp.kubeconfig, directory / "pods", env_overlay={"GPUFLEET_HEARTBEAT_FILE": "heartbeat"}
-        )
-        runner.start()
-        stack.callback(runner.stop)
+        cluster.start()
+        stack.callback(cluster.stop if keep else cluster.close)
         redis_server = stack.enter_context(RedisServer())
-        env = cp.env()
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "gpufleet", "run", "--liveness", ""],
-            env={**env, "GPUFLEET_METRICS_PORT": "0"},
-            stdout=open(directory / "operator.log", "w"),  # noqa: SIM115 - the child keeps it
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(operator.wait, 30)
-        stack.callback(operator.terminate)
+        env = cluster.env()
+        started = cluster.control_plane.startup_seconds
         print(
-            f"cluster up in {cp.startup_seconds:.1f}s: {nodes} nodes x {gpus} GPUs; logs in {directory}",
+            f"cluster up in {started:.1f}s: {nodes} nodes x {gpus} GPUs; logs in {cluster.directory}",
             flush=True,
         )
+        print("helm install gpufleet (CRD, RBAC, operator) ...", flush=True)
+        install_operator(
+            Kubectl(env),
+            env,
+            "--set", "command={python,-m,gpufleet}",
+            "--set", f"metrics.port={free_port()}",
+            "--set", f"livenessPort={free_port()}",
+        )  # fmt: skip
         if keep:
-            print(f"kept running: export KUBECONFIG={cp.kubeconfig}")
+            print(f"kept running: export KUBECONFIG={cluster.kubeconfig}")
         yield env, redis_server.url, "gpufleet-worker:local"
 
 
@@ -324,15 +334,18 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    cluster = (
-        local_cluster(args.nodes, args.gpus_per_node, args.keep)
-        if local
-        else contextlib.nullcontext(({**os.environ, "KUBECONFIG": args.kubeconfig}, args.broker, args.image))
-    )
+    if local:
+        cluster = local_cluster(args.nodes, args.gpus_per_node, args.keep)
+    else:
+        env = {**os.environ, "KUBECONFIG": args.kubeconfig}
+        install_operator(
+            Kubectl(env),
+            env,
+            *(["--set", f"image.repository={args.operator_image}"] if args.operator_image else []),
+        )
+        cluster = contextlib.nullcontext((env, args.broker, args.image))
     with cluster as (env, broker, image):
         kubectl = Kubectl(env)
-        kubectl("apply", "-f", str(crd_path()))
-        kubectl("wait", "--for=condition=Established", "crd/gputaskqueues.gpufleet.dev", "--timeout=60s")
         kubectl(
             "apply", "-f", "-", stdin=yaml.safe_dump(queue_manifest(broker, image, args.max_replicas, local))
         )
