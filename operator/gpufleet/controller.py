@@ -18,7 +18,7 @@ from typing import Any
 from gpufleet import metrics
 from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, Reading, Request
 from gpufleet.budget import Claim, Share, divide
-from gpufleet.kube import Kube, Rejected, now_rfc3339
+from gpufleet.kube import Forbidden, Kube, Rejected, now_rfc3339
 from gpufleet.policy import Decision, History, Observation, decide, seeded
 from gpufleet.resources import FLEET_LABEL, deployment, deployment_name
 from gpufleet.scalein import DELETION_COST, Pod, changed_annotations, deletion_costs, idle_pods
@@ -127,7 +127,16 @@ class Controller:
         ):
             if ref is None:
                 continue
-            value = self.kube.secret_value(fleet.namespace, ref.name, ref.key)
+            try:
+                value = self.kube.secret_value(fleet.namespace, ref.name, ref.key)
+            except Forbidden:
+                fleet.connection = None
+                fleet.problem = (
+                    "SecretForbidden",
+                    f"the operator may not read Secret {fleet.namespace}/{ref.name} named by spec.broker "
+                    "(with the Helm chart: add it to rbac.secretNames)",
+                )
+                return
             if value is None:
                 fleet.connection = None
                 fleet.problem = (
@@ -144,7 +153,7 @@ class Controller:
             tls_insecure=b.tls.insecure_skip_verify,
             tls_ca_pem=values.get("ca"),
         )
-        if fleet.problem and fleet.problem[0] == "SecretNotFound":
+        if fleet.problem and fleet.problem[0] in ("SecretNotFound", "SecretForbidden"):
             fleet.problem = None
 
     def _apply(self, fleet: Fleet, replicas: int) -> bool:
@@ -213,9 +222,7 @@ class Controller:
         due = [f for f in fleets if f.next_probe <= now and f.spec is not None]
         for fleet in due:
             if fleet.connection is None:
-                with fleet.lock:
-                    if fleet.spec is not None:
-                        self._resolve_connection(fleet)
+                self._isolated(fleet, self._resolve_under_lock, fleet)
         groups: dict[Connection, list[Fleet]] = defaultdict(list)
         observed: list[tuple[Fleet, Observation, str | None]] = []
         for fleet in due:
@@ -236,7 +243,7 @@ class Controller:
                 )
         budgets = self._budgets(fleets, observed)
         for fleet, obs, error in observed:
-            self._act(fleet, replace(obs, budget=budgets.get(fleet.key)), error)
+            self._isolated(fleet, self._act, fleet, replace(obs, budget=budgets.get(fleet.key)), error)
         self.probes.keep_only(f.connection for f in fleets if f.connection is not None)
         pending = [f.next_probe for f in fleets if f.spec is not None]
         return max(0.05, min(pending) - self.clock()) if pending else 1.0
@@ -269,9 +276,24 @@ class Controller:
     def _observe_into(
         self, out: list, fleet: Fleet, reading: Reading | None, error: str | None, now: float
     ) -> None:
-        obs = self._observe(fleet, reading, now)
+        obs = self._isolated(fleet, self._observe, fleet, reading, now)
         if obs is not None:
             out.append((fleet, obs, error))
+
+    def _resolve_under_lock(self, fleet: Fleet) -> None:
+        with fleet.lock:
+            if fleet.spec is not None:
+                self._resolve_connection(fleet)
+
+    def _isolated(self, fleet: Fleet, step: Callable, *args):
+        """One fleet's step; an API fault there is logged and retried at its next poll, the others go on."""
+        try:
+            return step(*args)
+        except Exception:
+            log.exception("%s: failed; retrying at its next poll", fleet.fleet_id)
+            if fleet.spec is not None:
+                fleet.next_probe = self.clock() + fleet.spec.scaling.poll_interval_seconds
+            return None
 
     def _observe(self, fleet: Fleet, reading: Reading | None, now: float) -> Observation | None:
         """Everything the policy needs about one fleet, from the probe and the Deployment and pod caches."""

@@ -287,7 +287,22 @@ def install_operator(kubectl: Kubectl, env: dict[str, str], *values: str) -> Non
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"helm install failed: {out.stderr.strip()}")
-    kubectl("wait", "--for=condition=Established", "crd/gputaskqueues.gpufleet.dev", "--timeout=60s")
+    wait_established(kubectl)
+
+
+def wait_established(kubectl: Kubectl, timeout: float = 60) -> None:
+    """Until the CRD is served. (`kubectl wait --for=condition=Established` fails outright, instead of waiting,
+    while the new CRD has no status.conditions yet.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        conditions = (kubectl.json("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get(
+            "conditions"
+        ) or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the GpuTaskQueue CRD was not established in {timeout:.0f}s: {conditions}")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager

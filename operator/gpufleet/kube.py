@@ -28,6 +28,10 @@ class Rejected(Exception):
     """The API server refused what we sent (400/422): a problem in the spec, not a passing fault."""
 
 
+class Forbidden(Exception):
+    """RBAC refused a read (403): a problem of the one fleet that asked, never a reason to stop the others."""
+
+
 def _message(exc: ApiException) -> str:
     try:
         return json.loads(exc.body)["message"]
@@ -96,6 +100,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            if exc.status == 403:
+                raise Forbidden(_message(exc)) from None
             raise
         raw = (secret.data or {}).get(key)
         return None if raw is None else base64.b64decode(raw).decode()

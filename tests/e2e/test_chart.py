@@ -398,12 +398,21 @@ def test_helm_namespaced_rbac_serves_only_its_namespaces(cluster, release, names
         cluster.kubectl("apply", "-f", "-", stdin=queue("ignored", other))
         hidden = {"url": "redis://127.0.0.1:1/0", "passwordSecretRef": {"name": "other", "key": "password"}}
         cluster.kubectl("apply", "-f", "-", stdin=queue("unreadable", namespace, broker=hidden))
-        wait_for(
-            "the operator to be refused the Secret", lambda: "(403)" in operator_log(cluster, pod), timeout=60
-        )
-        time.sleep(3)  # what the operator would need to act on them, were it wrong
+
+        def condition(name: str, type_: str) -> dict:
+            obj = json.loads(cluster.kubectl("get", "gtq", name, "-n", namespace, "-o", "json").stdout)
+            return next(
+                (c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {}
+            )
+
+        # The refusal is that queue's problem alone: it says so, and the other queue is still probed.
+        wait_for("Ready=False/SecretForbidden on the unreadable queue",
+                 lambda: condition("unreadable", "Ready").get("reason") == "SecretForbidden", timeout=60)  # fmt: skip
+        assert "rbac.secretNames" in condition("unreadable", "Ready")["message"]
+        wait_for("the other queue probed (its URL answers nothing)",
+                 lambda: condition("served", "BrokerReachable").get("reason") == "ConnectionFailed", timeout=60)  # fmt: skip
+        time.sleep(3)  # what the operator would need to act on the other namespace, were it wrong
         assert objects(cluster, "deployments", "-n", other) == []
-        assert objects(cluster, "deployments", "-n", namespace, "-l", "gpufleet.dev/fleet=unreadable") == []
         assert_rbac(cluster, release.subject, {"watched": namespace, "other": other}, NAMESPACED_ONLY)
     finally:
         cluster.kubectl("delete", "namespace", other, "--wait=false")
@@ -482,7 +491,9 @@ def test_kubectl_apply_manifests_gives_the_same_working_operator(cluster, manife
     metrics_port = manifests_install
     applied = cluster.kubectl("apply", "-f", str(MANIFESTS)).stdout
     assert "namespace/gpufleet-system" in applied and "deployment.apps/gpufleet" in applied
-    cluster.kubectl("wait", "--for=condition=Established", CRD, "--timeout=60s")
+    # Not `kubectl wait --for=condition=Established`: it fails outright while a new CRD has no conditions yet.
+    wait_for("the CRD established", lambda: "Established=True" in cluster.kubectl(
+        "get", CRD, "-o", "jsonpath={range .status.conditions[*]}{.type}={.status} {end}", check=False).stdout)  # fmt: skip
     cluster.kubectl("rollout", "status", "deployment/gpufleet", "-n", "gpufleet-system", "--timeout=120s")
     pod = operator_pod(cluster, "gpufleet-system")
     # The same objects through kustomize: nothing to change.

@@ -19,7 +19,11 @@ pytestmark = pytest.mark.cluster
 def crd(cluster):
     kubectl = Kubectl("kubectl", dict(cluster.env))
     kubectl.run("apply", "-f", str(CRD))
-    kubectl.run("wait", "--for=condition=Established", "crd/gputaskqueues.gpufleet.dev", "--timeout=60s")
+    # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
+    wait_for("the CRD established", lambda: any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions", [])
+    ))  # fmt: skip
 
 
 @pytest.fixture
