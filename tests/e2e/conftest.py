@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 import providers
+from fleet import CRD, Kubectl, Operator, wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,3 +122,31 @@ def gpu_nodes(cluster, request):
     yield pool
     for name in list(pool.names):
         pool.remove(name)
+
+
+# ---- gpufleet's own: the CRD, kubectl in the test's namespace, the operator as a process ----------------------
+
+
+@pytest.fixture(scope="session")
+def crd(cluster):
+    kubectl = Kubectl("kubectl", dict(cluster.env))
+    kubectl.run("apply", "-f", str(CRD))
+    # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
+    wait_for("the CRD established", lambda: any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions", [])
+    ))  # fmt: skip
+
+
+@pytest.fixture
+def kubectl(cluster_env, namespace, crd):
+    return Kubectl("kubectl", cluster_env, namespace)
+
+
+@pytest.fixture
+def operator(cluster_env, namespace, crd, tmp_path):
+    """`python -m gpufleet run` watching this test's namespace; its log is printed after the test."""
+    op = Operator(cluster_env, namespace, tmp_path).start()
+    yield op
+    op.stop()
+    print(f"--- operator log ({namespace}) ---\n{op.log()[-6000:]}")

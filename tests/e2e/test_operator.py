@@ -10,33 +10,9 @@ import time
 import pytest
 import redis
 
-from fleet import CRD, Kubectl, Operator, Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="session")
-def crd(cluster):
-    kubectl = Kubectl("kubectl", dict(cluster.env))
-    kubectl.run("apply", "-f", str(CRD))
-    # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
-    wait_for("the CRD established", lambda: any(
-        c["type"] == "Established" and c["status"] == "True"
-        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions", [])
-    ))  # fmt: skip
-
-
-@pytest.fixture
-def kubectl(cluster_env, namespace, crd):
-    return Kubectl("kubectl", cluster_env, namespace)
-
-
-@pytest.fixture
-def operator(cluster_env, namespace, crd, tmp_path):
-    op = Operator(cluster_env, namespace, tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ({namespace}) ---\n{op.log()[-6000:]}")
 
 
 @pytest.fixture

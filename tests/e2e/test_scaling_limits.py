@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the fixtures shared with test_operator are imported by name
 """Scaling that knows work and GPUs, on the real control plane (issue 7): safe scale-in, GPU capacity, the
 fleet-wide GPU budget."""
 
@@ -7,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from fleet import Operator, Tasks, queue_manifest, wait_for
-from test_operator import crd, kubectl  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.cluster
 
@@ -20,14 +18,6 @@ def live_pods(kubectl, fleet: str) -> dict[str, dict]:
         for p in kubectl.pods(f"gpufleet.dev/fleet={fleet}")
         if not p["metadata"].get("deletionTimestamp")
     }
-
-
-@pytest.fixture
-def operator(cluster_env, namespace, crd, tmp_path):
-    op = Operator(cluster_env, namespace, tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log()[-6000:]}")
 
 
 def test_scale_in_removes_only_idle_workers(kubectl, operator, redis_url):
