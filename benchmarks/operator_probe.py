@@ -16,34 +16,11 @@ import time
 import redis
 
 from gpufleet.broker import Connection, Layout, RedisProbe, Request
-from gpufleet.devcluster.redisserver import RedisServer
+from gpufleet.devcluster.redisserver import RedisServer, WriteCounter
 from gpufleet.policy import Depth, History, Observation, decide
 from gpufleet.spec import ScalingSpec
 
 REPEATS = 30
-
-
-class CountingProbe(RedisProbe):
-    """Counts the writes on its connection: each is one round trip."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.writes = 0
-        pool = self._client.connection_pool
-        make = pool.make_connection
-
-        def counted():
-            conn = make()
-            send = conn.send_packed_command
-
-            def send_counted(*a, **k):
-                self.writes += 1
-                return send(*a, **k)
-
-            conn.send_packed_command = send_counted
-            return conn
-
-        pool.make_connection = counted
 
 
 def fill(client: redis.Redis, queues: list[str], layout: Layout) -> None:
@@ -77,11 +54,12 @@ def probe_rows(url: str) -> list[tuple]:
         requests = [Request(f"ns/f{i}", tuple(queues[i : i + 10])) for i in range(0, n, 10)] or [
             Request("ns/f", tuple(queues))
         ]
-        probe = CountingProbe(Connection(url))
+        probe = RedisProbe(Connection(url))
+        counter = WriteCounter(probe._client)
         probe.read(requests)  # connect first
-        before = probe.writes
+        before = counter.writes
         ours = timed(lambda probe=probe, requests=requests: probe.read(requests))
-        trips = (probe.writes - before) / REPEATS
+        trips = (counter.writes - before) / REPEATS
         keys = [k for q in queues for k in layout.list_keys(q)]
         naive = timed(lambda keys=keys: [client.llen(k) for k in keys], repeats=5 if n == 1000 else REPEATS)
         rows.append((n, statistics.median(ours) * 1e3, trips, statistics.median(naive) * 1e3, len(keys) + 1))

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from gpufleet.broker import BrokerUnreachable, Connection, Layout, RedisProbe, Request, parse_workers
+from gpufleet.devcluster.redisserver import WriteCounter
 from gpufleet.policy import Depth
 
 HERE = Path(__file__).parent
@@ -125,37 +126,15 @@ def test_reserved_counts_tasks_held_by_an_acks_late_worker(producer, redis_url, 
         probe.close()
 
 
-class CountingProbe(RedisProbe):
-    """A real probe that counts the writes it makes to its Redis connection: one write is one round trip."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.writes = 0
-        pool = self._client.connection_pool
-        make = pool.make_connection
-
-        def counted():
-            conn = make()
-            send = conn.send_packed_command
-
-            def send_counted(*a, **k):
-                self.writes += 1
-                return send(*a, **k)
-
-            conn.send_packed_command = send_counted
-            return conn
-
-        pool.make_connection = counted
-
-
 @pytest.mark.parametrize("fleets", [1, 10, 100])
 def test_every_fleet_on_a_broker_costs_one_round_trip(redis_url, fleets):
-    probe = CountingProbe(Connection(redis_url))
+    probe = RedisProbe(Connection(redis_url))
+    counter = WriteCounter(probe._client)
     probe._client.ping()  # connect first: the handshake is not part of a tick
-    before = probe.writes
+    before = counter.writes
     requests = [Request(f"ns/f{i}", (f"q{i}a", f"q{i}b")) for i in range(fleets)]
     readings = probe.read(requests)
-    assert probe.writes - before == 1
+    assert counter.writes - before == 1
     assert len(readings) == fleets
     probe.close()
 

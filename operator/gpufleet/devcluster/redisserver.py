@@ -99,3 +99,27 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class WriteCounter:
+    """Counts the writes a redis-py client makes on its connections: each write is one round trip.
+
+    For the tests and the benchmark that prove a probe costs one round trip, on a real connection."""
+
+    def __init__(self, client) -> None:
+        self.writes = 0
+        pool = client.connection_pool
+        make = pool.make_connection
+
+        def counted():
+            conn = make()
+            send = conn.send_packed_command
+
+            def send_counted(*args, **kwargs):
+                self.writes += 1
+                return send(*args, **kwargs)
+
+            conn.send_packed_command = send_counted
+            return conn
+
+        pool.make_connection = counted
