@@ -117,3 +117,27 @@ def test_fleet_wide_budget_is_shared_fairly_and_priority_takes_the_remainder(
         print(f"--- operator log ---\n{op.log()[-4000:]}")
         low.close()
         high.close()
+
+
+def test_sizing_by_measured_throughput(kubectl, operator, redis_url):
+    """drainWithinSeconds: the rate comes from the workers' own counters in the broker, and sizes the fleet."""
+    tasks = Tasks(redis_url, "gpu")
+    kubectl.apply(
+        queue_manifest("drain", redis_url, ["gpu"], scaling={"maxReplicas": 4, "drainWithinSeconds": 60})
+    )
+    wait_for("the worker Deployment", lambda: kubectl.get("deployment", "drain-workers"))
+    tasks.send(200, seconds=0.25)
+    # Before any rate exists, targetTasksPerReplica (1) sizes the fleet: straight to maxReplicas.
+    wait_for("4 replicas", lambda: kubectl.replicas("drain-workers") == 4, timeout=30)
+    status = wait_for(
+        "a measured throughput",
+        lambda: kubectl.status("drain").get("throughput") and kubectl.status("drain"),
+        timeout=120,
+    )
+    rate = float(status["throughput"])
+    assert 0.3 < rate < 4.5, f"{rate} tasks/s per worker for 0.25 s tasks"  # 4/s at most, less the overheads
+    wait_for("a decision sized by the rate",
+             lambda: "tasks/s per worker, drain within 60s" in kubectl.status("drain").get("reason", ""), timeout=60)  # fmt: skip
+    wait_for("every task done", tasks.all_done, timeout=300)
+    assert tasks.duplicates() == {}
+    tasks.close()
