@@ -100,13 +100,21 @@ def test_worker_deployment_is_owned_gpu_requesting_and_idempotent(kubectl, opera
     ):
         assert "s3cr3t-pw" not in text
 
-    # Applying again changes nothing; nor does a steady state: no API write at all.
-    version = dep["metadata"]["resourceVersion"]
+    # Applying again changes nothing; nor does a steady state: no API write at all. (The Deployment's own
+    # controller writes its status: what must not move is what gpufleet owns, its spec and its managed fields.)
+    def ours() -> tuple:
+        out = kubectl.run("get", "deployment", "embed-workers", "-o", "json", "--show-managed-fields").stdout
+        dep = json.loads(out)
+        fields = [f for f in dep["metadata"]["managedFields"] if f["manager"] == "gpufleet"]
+        assert fields, "no fields owned by gpufleet"
+        return dep["metadata"]["generation"], json.dumps(fields, sort_keys=True)
+
+    before = ours()
     kubectl.apply(manifest)
     time.sleep(3)
     gtq_version = kubectl.get("gtq", "embed")["metadata"]["resourceVersion"]
     time.sleep(4)  # eight ticks at 0.5 s
-    assert kubectl.get("deployment", "embed-workers")["metadata"]["resourceVersion"] == version
+    assert ours() == before
     assert kubectl.get("gtq", "embed")["metadata"]["resourceVersion"] == gtq_version
 
 
