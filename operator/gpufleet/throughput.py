@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from gpufleet.broker import WorkerState
 
 SMOOTHING = 0.3  # weight of the newest sample in the moving average
-MIN_SPAN_SECONDS = 5.0  # samples are taken over at least this long, so one finished task is not a rate
+MIN_SPAN_SECONDS = 5.0  # samples are taken over at least this long
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,13 @@ class Meter:
 
 
 def measure(meter: Meter, workers: Mapping[str, WorkerState], now: float) -> Meter:
-    """Fold the workers' counters into the meter. Workers that came or went in between are left out of a sample;
-    a sample in which no worker was busy says nothing about speed and is skipped."""
+    """Fold the workers' counters into the meter.
+
+    A sample closes once it spans MIN_SPAN_SECONDS and its workers finished, on average, one task each: a
+    window in which busy workers finish nothing yet says nothing about their speed (long tasks, or workers that
+    just started), so it stays open rather than count as a rate of zero. Workers that came or went in between
+    are left out; a window in which no worker was busy says nothing either and is dropped.
+    """
     counts = {pod: w.done for pod, w in workers.items()}
     if meter.since is None:
         return Meter(now, counts, meter.rate)
@@ -33,6 +38,8 @@ def measure(meter: Meter, workers: Mapping[str, WorkerState], now: float) -> Met
     finished = sum(counts[p] - meter.counts[p] for p in common)
     if not common or (finished == 0 and not any(workers[p].busy for p in common)):
         return Meter(now, counts, meter.rate)
+    if finished < len(common):
+        return meter
     sample = finished / span / len(common)
     rate = sample if meter.rate is None else SMOOTHING * sample + (1 - SMOOTHING) * meter.rate
-    return Meter(now, counts, rate if rate > 0 else meter.rate)
+    return Meter(now, counts, rate)

@@ -43,3 +43,19 @@ def test_smoothing_moves_towards_new_samples():
     m = measure(measure(Meter(), workers(a=0), 0), workers(a=10), 10)
     m = measure(m, workers(a=40), 20)
     assert 1.0 < m.rate < 3.0
+
+
+def test_busy_workers_that_finish_nothing_yet_keep_the_sample_open():
+    # Long tasks (or workers just started): no completion in the window is not a rate of zero.
+    m = measure(measure(Meter(), workers(a=0, b=0), 0), workers(a=1, b=1), 100)
+    assert m.rate == pytest.approx(0.01)
+    still = measure(m, workers(a=1, b=1), 150)
+    assert still is m  # open, not closed at 0
+    m = measure(still, workers(a=2, b=2), 200)
+    assert m.rate == pytest.approx(0.01)
+
+
+def test_a_sample_waits_for_about_one_task_per_worker():
+    m = measure(Meter(), workers(a=0, b=0, c=0), 0)
+    assert measure(m, workers(a=1, b=0, c=0), 10).since == 0  # one of three finished: keep measuring
+    assert measure(m, workers(a=1, b=1, c=1), 12).rate == pytest.approx(1 / 12)

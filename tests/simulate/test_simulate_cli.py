@@ -24,7 +24,7 @@ def test_json_is_one_object_with_every_policy_and_the_plot_is_a_png(tmp_path):
     done = gpufleet("--trace", str(trace), "--json", "--plot", str(png))
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)  # fails on anything but exactly one JSON document
-    assert set(out["policies"]) == {"gpufleet", "keda", "static"}
+    assert set(out["policies"]) == {"gpufleet", "gpufleet-drain", "keda", "static"}
     for figures in out["policies"].values():
         assert set(KEYS) <= set(figures)
         assert figures["gpu_hours"] > 0
@@ -46,7 +46,16 @@ def test_the_table_shows_every_policy(tmp_path, capsys):
     trace.write_text(TRACE)
     assert main(["simulate", "--trace", str(trace), "--startup-s", "30", "--slots", "2"]) == 0
     out = capsys.readouterr().out
-    for word in ("gpufleet", "keda", "static", "GPU-h", "wait p95 s", "interrupted", "startup_s 30"):
+    for word in (
+        "gpufleet",
+        "gpufleet-drain",
+        "keda",
+        "static",
+        "GPU-h",
+        "wait p95 s",
+        "interrupted",
+        "startup_s 30",
+    ):
         assert word in out
 
 

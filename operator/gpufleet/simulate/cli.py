@@ -69,6 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="any field of a GpuTaskQueue's spec.scaling for the gpufleet policy, as in the CRD (repeatable)",
     )
     p.add_argument(
+        "--drain-within-s",
+        type=_at_least(1, int),
+        metavar="SECONDS",
+        help="drainWithinSeconds of the gpufleet-drain policy, which sizes the fleet by measured throughput "
+        "(default: the --spec drainWithinSeconds if given, else 600)",
+    )
+    p.add_argument(
         "--startup-s",
         type=_at_least(0, float),
         default=60.0,
@@ -113,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from gpufleet.simulate.engine import Setup, simulate
-    from gpufleet.simulate.policies import KedaSettings, fleet_policies, gpufleet_spec
+    from gpufleet.simulate.policies import DRAIN_WITHIN_S, KedaSettings, fleet_policies, gpufleet_spec
     from gpufleet.simulate.report import figures, plot, table
     from gpufleet.simulate.traces import TraceError, load
     from gpufleet.spec import SpecError
@@ -125,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["targetTasksPerReplica"] = str(args.target)
     try:
         spec = gpufleet_spec(overrides)
+        drain_within_s = args.drain_within_s or spec.drain_within_seconds or DRAIN_WITHIN_S
+        # Checked against the CRD as a spec field would be (its maximum, for one).
+        gpufleet_spec({**overrides, "drainWithinSeconds": str(drain_within_s)})
         traces = [load(name, args.seed) for name in (BUILT_IN if args.trace == "all" else [args.trace])]
     except (SpecError, TraceError) as exc:
         print(f"gpufleet simulate: {exc}", file=sys.stderr)
@@ -139,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "max_replicas": spec.max_replicas,
         "target_tasks_per_replica": spec.target_tasks_per_replica,
+        "drain_within_s": drain_within_s,
         "startup_s": setup.startup_s,
         "slots": setup.slots,
         "gpus_per_pod": setup.gpus,
@@ -151,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     }
     results = {}
     for trace in traces:
-        runs = [simulate(trace, policy, setup) for policy in fleet_policies(spec, keda)]
+        runs = [simulate(trace, policy, setup) for policy in fleet_policies(spec, keda, drain_within_s)]
         results[trace.name] = figures(runs)
         if args.plot:
             path = args.plot.with_stem(f"{args.plot.stem}-{trace.name}") if len(traces) > 1 else args.plot

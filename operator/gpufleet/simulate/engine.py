@@ -12,6 +12,8 @@ What the model keeps from the real system, and why:
   latency; fewer replicas delete pods in the ReplicaSet's order (see `_victim_rank`).
 - A deleted pod with running tasks gets a warm shutdown for `grace_s` (Celery finishes what it runs, takes
   nothing new), then is killed; a killed task loses its work and returns to the queue after `redelivery_s`.
+- Each worker publishes its state to the broker as docs/worker-contract.md says: busy, and the tasks it has
+  finished since it started. A policy reads those entries as the operator's HGETALL returns them.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import heapq
 import itertools
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gpufleet.broker import WorkerState
+from gpufleet.resources import STATE_INTERVAL_SECONDS
 from gpufleet.simulate.traces import Trace
 from gpufleet.spec import BrokerSpec
 
@@ -63,6 +67,9 @@ class View:
     reserved: int  # delivered and not acknowledged: running, or killed and not yet redelivered
     replicas: int  # the Deployment's spec.replicas (pods not being deleted)
     idle: int  # of those pods, the ones running nothing (pods still starting included)
+    # The fleet's worker state hash, pod name -> entry: a worker writes its entry once it has started (a pod
+    # still starting has none) and deletes it when it exits, so pods in a warm shutdown are still there.
+    workers: Mapping[str, WorkerState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class _Pod:
     free_since: float
     running: dict[int, float] = field(default_factory=dict)  # task -> start of its run
     stopping: bool = False
+    done: int = 0  # tasks finished since its worker started: the `done` counter it publishes
+    since: float = 0.0  # when it last went from idle to busy or back: the `since` it publishes
 
 
 class _Simulation:
@@ -147,6 +156,8 @@ class _Simulation:
             if not free:
                 return
             pod = min(free, key=lambda p: (p.free_since, p.id))
+            if not pod.running:
+                pod.since = now
             task = self._pop()
             pod.running[task] = now
             self.running += 1
@@ -158,7 +169,7 @@ class _Simulation:
     def _create(self, now: float, warm: bool) -> None:
         pid = next(self.pod_ids)
         ready_at = now if warm else now + self.setup.startup_s
-        self.pods[pid] = _Pod(pid, now, ready_at, warm, now)
+        self.pods[pid] = _Pod(pid, now, ready_at, warm, now, since=now)
         if not warm:
             self.at(ready_at, READY, pid)
 
@@ -208,7 +219,7 @@ class _Simulation:
             else:
                 self._kill(now, pod)
 
-    def view(self) -> View:
+    def view(self, now: float) -> View:
         active = [p for p in self.pods.values() if not p.stopping]
         return View(
             queued=self.queued,
@@ -216,6 +227,17 @@ class _Simulation:
             reserved=self.running + self.awaiting,
             replicas=len(active),
             idle=sum(1 for p in active if not p.running),
+            workers={
+                f"pod-{p.id}": WorkerState(
+                    busy=bool(p.running),
+                    since=p.since,
+                    expires=now + 3 * STATE_INTERVAL_SECONDS,
+                    active=len(p.running),
+                    done=p.done,
+                )
+                for p in self.pods.values()
+                if p.ready
+            },
         )
 
     # ---- the clock --------------------------------------------------------------------------------------
@@ -229,6 +251,9 @@ class _Simulation:
             del pod.running[task]
             self.running -= 1
             pod.free_since = now
+            pod.done += 1
+            if not pod.running:
+                pod.since = now
             self.run.finished[task] = now
             self.run.completions += 1
             if pod.stopping and not pod.running:
@@ -238,7 +263,7 @@ class _Simulation:
                 self._kill(now, pod)
         elif kind == READY:
             if (pod := self.pods.get(payload)) is not None:
-                pod.ready, pod.free_since = True, now
+                pod.ready, pod.free_since, pod.since = True, now, now
         elif kind == REDELIVER:
             self.awaiting -= 1
             self._push(payload, front=True)
@@ -247,7 +272,7 @@ class _Simulation:
         else:
             index, count = payload
             loop = self.policy.loops[index]
-            self._scale(now, loop.step(now, self.view()))
+            self._scale(now, loop.step(now, self.view(now)))
             self.at((count + 1) * loop.period_s, TICK, (index, count + 1), order=index)
         self._dispatch(now)
 

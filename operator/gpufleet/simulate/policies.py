@@ -1,10 +1,11 @@
-"""Who sets the replicas: gpufleet's own policy, a model of KEDA's Redis scaler driving an HPA, and a static
-fleet. Each is a set of control loops over the engine's View; a variant is one more class and one more line
+"""Who sets the replicas: gpufleet's own policy (sizing by tasks per replica, and by throughput), a model of
+KEDA's Redis scaler driving an HPA, and a static fleet. Each is a set of control loops over the engine's View; a variant is one more class and one more line
 in `fleet_policies`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -15,12 +16,17 @@ from gpufleet import crd
 from gpufleet.policy import Depth, History, Observation, decide
 from gpufleet.simulate.engine import Loop, Policy, View
 from gpufleet.spec import ScalingSpec, SpecError, parse_spec
+from gpufleet.throughput import Meter, measure
+
+DRAIN_WITHIN_S = 600  # gpufleet-drain's drainWithinSeconds unless told otherwise
 
 
 class Gpufleet:
     """The operator's policy itself: `gpufleet.policy.decide`, called every pollIntervalSeconds with the
-    depth the broker probe reads (queued in every priority list, plus reserved) and the idle workers that
-    safe scale-in knows of. Busy pods get a higher pod-deletion-cost, so the pods a scale-in removes are idle."""
+    depth the broker probe reads (queued in every priority list, plus reserved), the idle workers that safe
+    scale-in knows of, and the throughput the operator's own meter (`gpufleet.throughput.measure`) makes of the
+    workers' published `done` counters. Busy pods get a higher pod-deletion-cost, so the pods a scale-in
+    removes are idle. The throughput sizes the fleet only where the spec sets drainWithinSeconds."""
 
     name = "gpufleet"
     marks_deletion_cost = True
@@ -31,9 +37,12 @@ class Gpufleet:
         # An operator that has watched the idle fleet for long: nothing recent in its windows. (`seeded`, for an
         # operator that has just started, would hold back a scale-up asked for at its first tick.)
         self.history = History()
+        self.meter = Meter()
         self.loops = (Loop(spec.poll_interval_seconds, self._poll),)
 
     def _poll(self, now: float, view: View) -> int:
+        # As the operator's probe does: the meter takes every reading of the state hash, then decide() its rate.
+        self.meter = measure(self.meter, view.workers, now)
         obs = Observation(
             now,
             Depth(view.queued, view.reserved),
@@ -41,10 +50,21 @@ class Gpufleet:
             idle_workers=view.idle,
             schedulable=None,  # the simulated cluster has a GPU for every pod
             budget=None,
+            throughput=self.meter.rate,
         )
         decision = decide(self.spec, obs, self.history)
         self.history = decision.history
         return decision.replicas
+
+
+class GpufleetDrain(Gpufleet):
+    """The same policy with drainWithinSeconds set: enough workers to drain what is queued and running within
+    that many seconds at the measured tasks/s per worker; targetTasksPerReplica until the meter has a rate."""
+
+    name = "gpufleet-drain"
+
+    def __init__(self, spec: ScalingSpec, drain_within_s: int = DRAIN_WITHIN_S) -> None:
+        super().__init__(dataclasses.replace(spec, drain_within_seconds=drain_within_s))
 
 
 KEDA_SCALEDOBJECT = "https://keda.sh/docs/2.16/reference/scaledobject-spec/"
@@ -134,9 +154,16 @@ class Static:
         self.initial = self.resting = replicas
 
 
-def fleet_policies(spec: ScalingSpec, keda: KedaSettings) -> list[Policy]:
+def fleet_policies(
+    spec: ScalingSpec, keda: KedaSettings, drain_within_s: int = DRAIN_WITHIN_S
+) -> list[Policy]:
     """Fresh policies for one run each (they keep state between ticks), in the order reports show them."""
-    return [Gpufleet(spec), Keda(keda), Static(spec.max_replicas)]
+    return [
+        Gpufleet(spec),
+        GpufleetDrain(spec, drain_within_s),
+        Keda(keda),
+        Static(spec.max_replicas),
+    ]
 
 
 def _scaling_schema() -> dict[str, Any]:

@@ -33,7 +33,7 @@ def table(runs: Sequence[Run], settings: Mapping[str, Any]):
     trace = runs[0].trace
     caption = f"{trace.about}\n" + ", ".join(f"{k} {v:g}" for k, v in settings.items())
     out = Table(title=f"{trace.name}: {len(trace.tasks):,} tasks", caption=caption, caption_justify="left")
-    out.add_column("policy")
+    out.add_column("policy", no_wrap=True)
     for name in ("GPU-h", "wait p50 s", "wait p95 s", "wait p99 s", "interrupted", "scale events"):
         out.add_column(name, justify="right")
     out.add_column("drain h:m:s", justify="right")
