@@ -415,7 +415,9 @@ def test_helm_namespaced_rbac_serves_only_its_namespaces(cluster, release, names
         assert objects(cluster, "deployments", "-n", other) == []
         assert_rbac(cluster, release.subject, {"watched": namespace, "other": other}, NAMESPACED_ONLY)
     finally:
-        cluster.kubectl("delete", "namespace", other, "--wait=false")
+        # Gone before the next test: a cluster-wide operator there would see its queue in a terminating namespace.
+        cluster.kubectl("delete", "gtq", "--all", "-n", other, "--wait=true", check=False)
+        cluster.kubectl("delete", "namespace", other, "--wait=true", "--timeout=120s", check=False)
 
 
 @pytest.mark.kind
