@@ -16,9 +16,9 @@ import time
 import redis
 
 from gpufleet.broker import Connection, Layout, RedisProbe, Request
-from gpufleet.devcluster.redisserver import RedisServer, WriteCounter
 from gpufleet.policy import Depth, History, Observation, decide
 from gpufleet.spec import ScalingSpec
+from gpufleet_tools.devcluster.redisserver import RedisServer, WriteCounter
 
 REPEATS = 30
 

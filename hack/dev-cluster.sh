@@ -13,4 +13,4 @@ if [[ "${1:-}" == "up" ]]; then
   GPUFLEET_K8S_BIN="$("$root/hack/build-k8s.sh")"
   export GPUFLEET_K8S_BIN
 fi
-exec "$python" -m gpufleet.devcluster "$@"
+exec "$python" -m gpufleet_tools.devcluster "$@"

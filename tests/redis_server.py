@@ -1,8 +1,8 @@
-"""The tests' redis-server: the one the demo uses too (`gpufleet.devcluster.redisserver`).
+"""The tests' redis-server: the one the demo uses too (`gpufleet_tools.devcluster.redisserver`).
 
 `tests/conftest.py` exposes it as the `redis_server` (session) and `redis_url` (per test, flushed) fixtures.
 """
 
-from gpufleet.devcluster.redisserver import REDIS_SERVER, RedisServer, free_port
+from gpufleet_tools.devcluster.redisserver import REDIS_SERVER, RedisServer, free_port
 
 __all__ = ["REDIS_SERVER", "RedisServer", "free_port"]

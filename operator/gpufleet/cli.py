@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "depth", "simulate", "demo")
+# The tools install apart (the `dev` extra) and are imported only when their command runs.
+TOOLS = {
+    "simulate": (
+        "gpufleet_tools.simulate.cli",
+        "compare gpufleet's policy, KEDA-style autoscaling and a static fleet on a task trace",
+    ),
+    "demo": (
+        "gpufleet_tools.demo",
+        "a local cluster with simulated GPU nodes, a burst of real tasks, the fleet scaling live",
+    ),
+}
+COMMANDS = ("run", "depth", *TOOLS)
 
 
 def _depth(args: argparse.Namespace) -> int:
@@ -67,7 +79,8 @@ def _separator(text: str) -> str:
     return text.encode("latin-1").decode("unicode_escape") if "\\" in text else text
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(tool: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; a tool's own arguments are added only when `tool` names it, so `run` imports no tool."""
     p = argparse.ArgumentParser(
         prog="gpufleet", description="Autoscaled fleets of GPU Celery workers on Kubernetes."
     )
@@ -108,30 +121,33 @@ def parser() -> argparse.ArgumentParser:
     depth.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")
     depth.set_defaults(func=_depth)
 
-    from gpufleet.simulate import cli as simulate_cli
-
-    simulate = sub.add_parser(
-        "simulate",
-        help="compare gpufleet's policy, KEDA-style autoscaling and a static fleet on a task trace",
-        description="A discrete-event simulation of a GPU worker fleet on one task trace, under the operator's "
-        "own scaling policy, a model of KEDA's Redis scaler with an HPA, and a static fleet at maxReplicas.",
-    )
-    simulate_cli.add_arguments(simulate)
-    simulate.set_defaults(func=simulate_cli.run)
-
-    from gpufleet import demo as demo_cli
-
-    demo = sub.add_parser(
-        "demo",
-        help="a local cluster with simulated GPU nodes, a burst of real tasks, the fleet scaling live",
-        description=(demo_cli.__doc__ or "").strip(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo_cli.add_arguments(demo)
-    demo.set_defaults(func=demo_cli.run)
+    _add_tools(sub, tool)
     return p
 
 
+def _add_tools(sub: argparse._SubParsersAction, tool: str | None) -> None:
+    for name, (module_name, summary) in TOOLS.items():
+        if name != tool:
+            sub.add_parser(name, help=summary, add_help=False)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise SystemExit(
+                f"gpufleet {name}: {exc.name} is missing; the tools install with: pip install 'gpufleet[dev]'"
+            ) from None
+        cmd = sub.add_parser(
+            name,
+            help=summary,
+            description=(module.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(func=module.run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tool = argv[0] if argv and argv[0] in TOOLS else None
+    args = parser(tool).parse_args(argv)
     return args.func(args)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helm_chart import CHART, Helm
 
-from gpufleet.devcluster.binaries import bin_dir
+from gpufleet_tools.devcluster.binaries import bin_dir
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpufleet.devcluster.podenv import Unresolvable, command_line, environment, expand
+from gpufleet_tools.devcluster.podenv import Unresolvable, command_line, environment, expand
 
 POD = {
     "metadata": {

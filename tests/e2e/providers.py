@@ -1,6 +1,6 @@
 """The clusters the e2e suite runs on. Same tests, same assertions, whichever provider made the cluster.
 
-- `local` (default): the control plane built from Go modules (gpufleet.devcluster), on loopback.
+- `local` (default): the control plane built from Go modules (gpufleet_tools.devcluster), on loopback.
 - `kind`: a kind cluster, where `kind` and a working Docker engine exist; the operator and worker images are built
   and loaded into it. GPU nodes are kwok's fake nodes there too (kind nodes have no GPUs).
 - an existing cluster, only when GPUFLEET_E2E_KUBECONFIG names its kubeconfig: the suite never touches a cluster
@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from gpufleet.devcluster.binaries import REPO, BinariesMissing, bin_dir
-from gpufleet.devcluster.cluster import DevCluster, GpuNodes, process_env
-from gpufleet.devcluster.controlplane import kwok
-from gpufleet.devcluster.podrunner import PodRunner
+from gpufleet_tools.devcluster.binaries import REPO, BinariesMissing, bin_dir
+from gpufleet_tools.devcluster.cluster import DevCluster, GpuNodes, process_env
+from gpufleet_tools.devcluster.controlplane import kwok
+from gpufleet_tools.devcluster.podrunner import PodRunner
 
 KIND_CONFIG = Path(__file__).with_name("kind-config.yaml")
 KIND_NAME = "gpufleet-e2e"
@@ -97,7 +97,7 @@ class Cluster:
         return self._run("helm", args, stdin, check, timeout)
 
     def add_gpu_node(self, name: str | None = None, **options) -> str:
-        """Add a fake GPU node and wait until it is Ready; options as gpufleet.devcluster.nodes.gpu_node
+        """Add a fake GPU node and wait until it is Ready; options as gpufleet_tools.devcluster.nodes.gpu_node
         (gpus, resource, product, labels, taint, cpu, memory, pods). Returns its name."""
         return self.nodes.add(name, **options)
 

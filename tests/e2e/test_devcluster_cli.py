@@ -1,4 +1,4 @@
-"""`python -m gpufleet.devcluster up|status|down`: a second, background control plane in its own state directory."""
+"""`python -m gpufleet_tools.devcluster up|status|down`: a second, background control plane in its own state directory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gpufleet.devcluster.binaries import bin_dir
+from gpufleet_tools.devcluster.binaries import bin_dir
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("GPUFLEET_E2E_PROVIDER", "local") != "local" or "GPUFLEET_E2E_KUBECONFIG" in os.environ,
@@ -19,7 +19,10 @@ pytestmark = pytest.mark.skipif(
 
 def devcluster(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gpufleet.devcluster", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "gpufleet_tools.devcluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

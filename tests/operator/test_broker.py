@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from gpufleet.broker import BrokerUnreachable, Connection, Layout, RedisProbe, Request, parse_workers
-from gpufleet.devcluster.redisserver import WriteCounter
 from gpufleet.policy import Depth
+from gpufleet_tools.devcluster.redisserver import WriteCounter
 
 HERE = Path(__file__).parent
 

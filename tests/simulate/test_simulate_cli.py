@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from gpufleet.cli import main
-from gpufleet.simulate.metrics import KEYS
+from gpufleet_tools.simulate.metrics import KEYS
 
 TRACE = "arrival_s,service_s,priority\n0,30,0\n5,30,0\n5,400,0\n60,10,6\n"
 

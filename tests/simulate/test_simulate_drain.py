@@ -16,11 +16,11 @@ from gpufleet import policy as real_policy
 from gpufleet import throughput as real_throughput
 from gpufleet.broker import WorkerState
 from gpufleet.cli import main
-from gpufleet.simulate import policies
-from gpufleet.simulate.engine import Setup, simulate
-from gpufleet.simulate.metrics import KEYS, summarize
-from gpufleet.simulate.policies import Gpufleet, GpufleetDrain, gpufleet_spec
-from gpufleet.simulate.traces import Task, Trace
+from gpufleet_tools.simulate import policies
+from gpufleet_tools.simulate.engine import Setup, simulate
+from gpufleet_tools.simulate.metrics import KEYS, summarize
+from gpufleet_tools.simulate.policies import Gpufleet, GpufleetDrain, gpufleet_spec
+from gpufleet_tools.simulate.traces import Task, Trace
 
 
 def trace(tasks) -> Trace:

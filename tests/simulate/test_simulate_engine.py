@@ -7,11 +7,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet import policy as real_policy
-from gpufleet.simulate import policies
-from gpufleet.simulate.engine import Setup, simulate
-from gpufleet.simulate.metrics import summarize
-from gpufleet.simulate.policies import Gpufleet, Keda, KedaSettings, Static, fleet_policies, gpufleet_spec
-from gpufleet.simulate.traces import Task, Trace
+from gpufleet_tools.simulate import policies
+from gpufleet_tools.simulate.engine import Setup, simulate
+from gpufleet_tools.simulate.metrics import summarize
+from gpufleet_tools.simulate.policies import (
+    Gpufleet,
+    Keda,
+    KedaSettings,
+    Static,
+    fleet_policies,
+    gpufleet_spec,
+)
+from gpufleet_tools.simulate.traces import Task, Trace
 
 SPEC = gpufleet_spec(
     {}

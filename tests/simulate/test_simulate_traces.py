@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpufleet.simulate.traces import BUILT_IN, Task, TraceError, built_in, load, read_csv
+from gpufleet_tools.simulate.traces import BUILT_IN, Task, TraceError, built_in, load, read_csv
 
 
 @pytest.mark.parametrize("name", BUILT_IN)

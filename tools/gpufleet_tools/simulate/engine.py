@@ -28,8 +28,8 @@ from typing import Protocol
 
 from gpufleet.broker import WorkerState
 from gpufleet.resources import STATE_INTERVAL_SECONDS
-from gpufleet.simulate.traces import Trace
 from gpufleet.spec import BrokerSpec
+from gpufleet_tools.simulate.traces import Trace
 
 PRIORITY_STEPS = BrokerSpec().priority_steps  # kombu's default: lists for steps 0, 3, 6 and 9
 

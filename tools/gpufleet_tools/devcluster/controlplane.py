@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from gpufleet.devcluster.component import Component
-from gpufleet.devcluster.nodes import KWOK_SELECTOR
-from gpufleet.devcluster.pki import ADMIN, CONTROLLER_MANAGER, SCHEDULER, Pki
+from gpufleet_tools.devcluster.component import Component
+from gpufleet_tools.devcluster.nodes import KWOK_SELECTOR
+from gpufleet_tools.devcluster.pki import ADMIN, CONTROLLER_MANAGER, SCHEDULER, Pki
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
@@ -44,7 +44,7 @@ def kwok(bin_dir: Path, kubeconfig: Path, directory: Path) -> Component:
     """kwok managing the nodes annotated kwok.x-k8s.io/node=fake of the cluster `kubeconfig` points at (any
     cluster: this one, or kind)."""
     stages = directory / "kwok-stages.yaml"
-    stages.write_text(resources.files("gpufleet.devcluster").joinpath("kwok-stages.yaml").read_text())
+    stages.write_text(resources.files("gpufleet_tools.devcluster").joinpath("kwok-stages.yaml").read_text())
     argv = [
         str(bin_dir / "kwok"),
         f"--kubeconfig={kubeconfig}",

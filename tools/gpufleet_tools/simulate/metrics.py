@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from gpufleet.simulate.engine import Run
+from gpufleet_tools.simulate.engine import Run
 
 KEYS = ("gpu_hours", "wait_p50_s", "wait_p95_s", "wait_p99_s", "interrupted", "scale_events", "drain_s")
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 PROGRAMS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
-# operator/gpufleet/devcluster/binaries.py -> the repository root.
+# tools/gpufleet_tools/devcluster/binaries.py -> the repository root.
 REPO = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO / "hack" / "build-k8s.sh"
 

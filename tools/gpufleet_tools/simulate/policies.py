@@ -14,9 +14,9 @@ from typing import Any
 
 from gpufleet import crd
 from gpufleet.policy import Depth, History, Observation, decide
-from gpufleet.simulate.engine import Loop, Policy, View
 from gpufleet.spec import ScalingSpec, SpecError, parse_spec
 from gpufleet.throughput import Meter, measure
+from gpufleet_tools.simulate.engine import Loop, Policy, View
 
 DRAIN_WITHIN_S = 600  # gpufleet-drain's drainWithinSeconds unless told otherwise
 

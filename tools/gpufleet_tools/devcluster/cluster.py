@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpufleet.devcluster import nodes
-from gpufleet.devcluster.controlplane import ControlPlane
-from gpufleet.devcluster.podrunner import DEFAULT_SELECTORS, PodRunner
+from gpufleet_tools.devcluster import nodes
+from gpufleet_tools.devcluster.controlplane import ControlPlane
+from gpufleet_tools.devcluster.podrunner import DEFAULT_SELECTORS, PodRunner
 
 
 def process_env(bin_dir: Path, kubeconfig: Path) -> dict[str, str]:

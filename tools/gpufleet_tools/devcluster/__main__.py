@@ -1,4 +1,4 @@
-"""python -m gpufleet.devcluster up|down|status: a local Kubernetes control plane with fake GPU nodes."""
+"""python -m gpufleet_tools.devcluster up|down|status: a local Kubernetes control plane with fake GPU nodes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpufleet.devcluster import service
-from gpufleet.devcluster.binaries import BinariesMissing
+from gpufleet_tools.devcluster import service
+from gpufleet_tools.devcluster.binaries import BinariesMissing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpufleet.devcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gpufleet_tools.devcluster", description=__doc__)
     parser.add_argument(
         "command",
         choices=("up", "down", "status", "serve"),

@@ -1,6 +1,6 @@
 """`dev-cluster up|down|status`: the dev cluster as a background process, found again through its state directory.
 
-`up` starts `python -m gpufleet.devcluster serve` detached; that process runs the DevCluster, writes `ready` (JSON)
+`up` starts `python -m gpufleet_tools.devcluster serve` detached; that process runs the DevCluster, writes `ready` (JSON)
 once the cluster can take pods, and tears everything down on SIGTERM. `down` sends it SIGTERM. Everything the
 cluster keeps (etcd data, certificates, the kubeconfig, the logs) lives in the state directory.
 """
@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gpufleet.devcluster.binaries import bin_dir
-from gpufleet.devcluster.cluster import DevCluster
-from gpufleet.devcluster.nodes import GPU_RESOURCE
-from gpufleet.devcluster.podrunner import DEFAULT_SELECTORS
+from gpufleet_tools.devcluster.binaries import bin_dir
+from gpufleet_tools.devcluster.cluster import DevCluster
+from gpufleet_tools.devcluster.nodes import GPU_RESOURCE
+from gpufleet_tools.devcluster.podrunner import DEFAULT_SELECTORS
 
 MARKER = ".gpufleet-dev-cluster"
 
@@ -55,7 +55,7 @@ class Info:
             "",
             f"Pods labelled {' or '.join(DEFAULT_SELECTORS)} on the GPU nodes run as local processes",
             f"(output: {self.state_dir}/podrunner/pods/<namespace>_<pod>/log); other pods are only marked Running.",
-            f"Component logs: {self.state_dir}/logs/. Stop it with: python -m gpufleet.devcluster down",
+            f"Component logs: {self.state_dir}/logs/. Stop it with: python -m gpufleet_tools.devcluster down",
         ])  # fmt: skip
 
 
@@ -95,7 +95,7 @@ def up(state_dir: Path, *, gpu_nodes: int = 2, gpus_per_node: int = 4, timeout: 
         return running
     binaries = bin_dir(build=True)
     _fresh(state_dir)
-    argv = [sys.executable, "-m", "gpufleet.devcluster", "serve", "--state-dir", str(state_dir)]
+    argv = [sys.executable, "-m", "gpufleet_tools.devcluster", "serve", "--state-dir", str(state_dir)]
     argv += ["--gpu-nodes", str(gpu_nodes), "--gpus-per-node", str(gpus_per_node)]
     env = {**os.environ, "GPUFLEET_K8S_BIN": str(binaries)}
     with (state_dir / "serve.log").open("ab") as log:

@@ -309,9 +309,9 @@ def wait_established(kubectl: Kubectl, timeout: float = 60) -> None:
 def local_cluster(nodes: int, gpus: int, keep: bool):
     """The dev cluster (control plane, GPU nodes, process pods) and a redis-server, all on loopback; the operator
     is installed into it with the Helm chart and runs as a process pod (this virtualenv plays its image)."""
-    from gpufleet.devcluster.binaries import bin_dir
-    from gpufleet.devcluster.cluster import DevCluster
-    from gpufleet.devcluster.redisserver import RedisServer, free_port
+    from gpufleet_tools.devcluster.binaries import bin_dir
+    from gpufleet_tools.devcluster.cluster import DevCluster
+    from gpufleet_tools.devcluster.redisserver import RedisServer, free_port
 
     print(
         "starting a local control plane (etcd, kube-apiserver, controller manager, scheduler, kwok) ...",

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpufleet.simulate.engine import Run
-from gpufleet.simulate.metrics import summarize
+from gpufleet_tools.simulate.engine import Run
+from gpufleet_tools.simulate.metrics import summarize
 
 
 def figures(runs: Sequence[Run]) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from gpufleet.devcluster import podenv
-from gpufleet.devcluster.component import die_with_parent, tail
-from gpufleet.devcluster.nodes import KWOK_ANNOTATION
+from gpufleet_tools.devcluster import podenv
+from gpufleet_tools.devcluster.component import die_with_parent, tail
+from gpufleet_tools.devcluster.nodes import KWOK_ANNOTATION
 
 CLAIM = "gpufleet.dev/process-pod"
 # Worker pods of every GpuTaskQueue, and the operator's own pod as the chart labels it.

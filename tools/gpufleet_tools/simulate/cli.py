@@ -1,4 +1,8 @@
-"""`gpufleet simulate`: its arguments, and the run from a trace to a table, a plot or JSON."""
+"""A discrete-event simulation of a GPU worker fleet on one task trace, under the operator's own scaling
+policy, a model of KEDA's Redis scaler with an HPA, and a static fleet at maxReplicas.
+
+(`gpufleet simulate`: its arguments, and the run from a trace to a table, a plot or JSON.)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpufleet.simulate.traces import BUILT_IN
+from gpufleet_tools.simulate.traces import BUILT_IN
 
 
 def _at_least(low: float, kind: type):
@@ -119,11 +123,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from gpufleet.simulate.engine import Setup, simulate
-    from gpufleet.simulate.policies import DRAIN_WITHIN_S, KedaSettings, fleet_policies, gpufleet_spec
-    from gpufleet.simulate.report import figures, plot, table
-    from gpufleet.simulate.traces import TraceError, load
     from gpufleet.spec import SpecError
+    from gpufleet_tools.simulate.engine import Setup, simulate
+    from gpufleet_tools.simulate.policies import DRAIN_WITHIN_S, KedaSettings, fleet_policies, gpufleet_spec
+    from gpufleet_tools.simulate.report import figures, plot, table
+    from gpufleet_tools.simulate.traces import TraceError, load
 
     overrides = dict(args.spec)
     if args.max_replicas is not None:
