@@ -16,7 +16,8 @@ import time
 import redis
 
 from gpufleet.broker import Connection, Layout, RedisProbe, Request
-from gpufleet.policy import Depth, History, Observation, decide
+from gpufleet.model import Depth, Observation
+from gpufleet.policy import History, decide
 from gpufleet.spec import ScalingSpec
 from gpufleet_tools.devcluster.redisserver import RedisServer, WriteCounter
 

@@ -39,6 +39,10 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # Tests that run a Go-built binary (helm) need hack/build-k8s.sh; `make unit` leaves them out.
+    for item in items:
+        if "helm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.binaries)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     # Only probe CUDA when a GPU test was collected: the probe initialises the driver in this process.
     if gpu_items and not _cuda_available():

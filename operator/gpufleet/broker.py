@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import redis
 
-from gpufleet.policy import Depth
-
-KOMBU_SEP = "\x06\x16"
-KOMBU_STEPS = (0, 3, 6, 9)
+from gpufleet.model import Depth, Reading
+from gpufleet_worker import contract
 
 
 class BrokerUnreachable(Exception):
@@ -27,8 +23,8 @@ class Layout:
     """Where kombu's Redis transport keeps a Celery app's queues (its transport options)."""
 
     global_keyprefix: str = ""
-    priority_steps: tuple[int, ...] = KOMBU_STEPS
-    separator: str = KOMBU_SEP
+    priority_steps: tuple[int, ...] = contract.KOMBU_PRIORITY_STEPS
+    separator: str = contract.KOMBU_SEP
     unacked_key: str = "unacked"
 
     def list_keys(self, queue: str) -> list[str]:
@@ -44,7 +40,7 @@ class Layout:
 
     def workers_key(self, fleet: str) -> str:
         """The hash where the workers of `fleet` ("namespace/name") publish whether they are busy."""
-        return f"{self.global_keyprefix}gpufleet:workers:{fleet}"
+        return contract.workers_key(self.global_keyprefix, fleet)
 
 
 @dataclass(frozen=True, repr=False)
@@ -90,41 +86,12 @@ class Connection:
 
 
 @dataclass(frozen=True)
-class WorkerState:
-    """One worker's entry of the fleet's state hash (see docs/worker-contract.md)."""
-
-    busy: bool
-    since: float
-    expires: float
-    active: int = 0
-    done: int = 0
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What one probe saw for one fleet."""
-
-    queues: Mapping[str, Depth]
-    workers: Mapping[str, WorkerState]  # pod name -> state, live entries only
-
-    @property
-    def depth(self) -> Depth:
-        return Depth(
-            sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values())
-        )
-
-
-@dataclass(frozen=True)
 class Request:
     """One fleet's part of a probe."""
 
     fleet: str
     queues: tuple[str, ...]
     layout: Layout = Layout()
-
-
-class Probe(Protocol):
-    def read(self, requests: Sequence[Request], now: float) -> dict[str, Reading]: ...
 
 
 # Sums LLEN over each queue's priority lists on the server: one command per fleet, however many lists it has.
@@ -152,26 +119,6 @@ local out = {}
 for k, n in pairs(counts) do out[#out + 1] = k; out[#out + 1] = n end
 return out
 """
-
-
-def parse_workers(raw: Mapping[bytes | str, bytes | str], now: float) -> dict[str, WorkerState]:
-    """Live worker entries of a state hash; stale (dead workers') and unreadable entries are left out."""
-    out = {}
-    for pod, value in raw.items():
-        try:
-            doc = json.loads(value)
-            state = WorkerState(
-                busy=bool(doc["busy"]),
-                since=float(doc["since"]),
-                expires=float(doc["expires"]),
-                active=int(doc.get("active", 0)),
-                done=int(doc.get("done", 0)),
-            )
-        except (ValueError, KeyError, TypeError):
-            continue
-        if state.expires >= now:
-            out[pod.decode() if isinstance(pod, bytes) else pod] = state
-    return out
 
 
 class RedisProbe:
@@ -221,7 +168,7 @@ class RedisProbe:
             running = unacked[req.layout.unacked]
             readings[req.fleet] = Reading(
                 queues={q: Depth(queued[(req.fleet, q)], running.get(q, 0)) for q in req.queues},
-                workers=parse_workers(state, now),
+                workers=contract.live_workers(state, now),
             )
         return readings
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Claim:
-    key: str
+    key: str | tuple[str, str]  # the operator's (namespace, name); any orderable name in a table
     gpus_per_pod: int
     min_pods: int
     demand_pods: int  # what the load asks for, within [min, max]
@@ -32,7 +32,7 @@ class Share:
     reason: str
 
 
-def divide(budget: int, claims: Sequence[Claim]) -> dict[str, Share]:
+def divide(budget: int, claims: Sequence[Claim]) -> dict[str | tuple[str, str], Share]:
     gpu_claims = [c for c in claims if c.gpus_per_pod > 0]
     pods = {c.key: c.min_pods for c in gpu_claims}
     left = budget - sum(c.min_pods * c.gpus_per_pod for c in gpu_claims)

@@ -10,6 +10,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gpufleet_worker import contract
+
 # The tools install apart (the `dev` extra) and are imported only when their command runs.
 TOOLS = {
     "simulate": (
@@ -74,11 +76,6 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
-def _separator(text: str) -> str:
-    # Accept kombu's default as typed on a shell: "\x06\x16".
-    return text.encode("latin-1").decode("unicode_escape") if "\\" in text else text
-
-
 def parser(tool: str | None = None) -> argparse.ArgumentParser:
     """The CLI; a tool's own arguments are added only when `tool` names it, so `run` imports no tool."""
     p = argparse.ArgumentParser(
@@ -115,7 +112,10 @@ def parser(tool: str | None = None) -> argparse.ArgumentParser:
         "--priority-steps", type=_steps, default=[0, 3, 6, 9], help="kombu's priority_steps (0,3,6,9)"
     )
     depth.add_argument(
-        "--sep", type=_separator, default="\x06\x16", help="kombu's priority separator (\\x06\\x16)"
+        "--sep",
+        type=contract.separator,
+        default=contract.KOMBU_SEP,
+        help="kombu's priority separator (\\x06\\x16)",
     )
     depth.add_argument("--unacked-key", default="unacked", help="kombu's unacked_key")
     depth.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")

@@ -39,7 +39,9 @@ async def _tick_forever(controller: Controller) -> None:
         except Exception:  # a tick that fails (API hiccup) must not stop the scaling of every other fleet
             log.exception("tick failed; retrying")
             wait = 1.0
-        await asyncio.sleep(wait)
+        # Until the next fleet is due, or a queue changes (a new or edited GpuTaskQueue is acted on at once).
+        await asyncio.to_thread(controller.wake.wait, wait)
+        controller.wake.clear()
 
 
 @kopf.on.cleanup()
@@ -63,14 +65,14 @@ def deleted(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
-    memo.controller.observe_deployment(event.get("type"), event["object"])
+    memo.controller.cache.deployment_event(event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
-    memo.controller.observe_pod(event.get("type"), event["object"])
+    memo.controller.cache.pod_event(event.get("type"), event["object"])
 
 
 @kopf.on.probe(id="fleets")
 def fleets(memo: kopf.Memo, **_) -> int:
-    return len(memo.controller.fleets)
+    return memo.controller.fleets

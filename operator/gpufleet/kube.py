@@ -9,16 +9,18 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet.crd import GROUP, PLURAL, VERSION
+from gpufleet.status import rfc3339
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "gpufleet"
@@ -46,12 +48,11 @@ def load_config() -> None:
         kubernetes.config.load_kube_config()
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.clock = clock  # the operator's one clock: Event times agree with the status it writes
         self.client = api_client or kubernetes.client.ApiClient()
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
@@ -106,11 +107,6 @@ class Kube:
         raw = (secret.data or {}).get(key)
         return None if raw is None else base64.b64decode(raw).decode()
 
-    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
-        items = self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
-        return [self.client.sanitize_for_serialization(p) for p in items]
-
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         try:
             self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
@@ -121,7 +117,7 @@ class Kube:
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on a GpuTaskQueue. Messages must never carry secrets; callers pass safe text."""
         meta = obj["metadata"]
-        stamp = now_rfc3339()
+        stamp = rfc3339(self.clock())
         body = {
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {

@@ -9,32 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gpufleet.model import Depth, Observation
 from gpufleet.spec import ScalingSpec
-
-
-@dataclass(frozen=True)
-class Depth:
-    """What a fleet's queues hold: waiting in the broker, and delivered but not acknowledged (running)."""
-
-    queued: int
-    reserved: int
-
-    @property
-    def total(self) -> int:
-        return self.queued + self.reserved
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One tick's inputs. Every limit is optional: None means "not known", and then it does not bind."""
-
-    now: float
-    depth: Depth | None  # None: the broker could not be read
-    current: int  # the Deployment's spec.replicas
-    idle_workers: int | None = None  # workers known to run nothing: the most pods a scale-in may remove
-    schedulable: int | None = None  # the most pods the cluster can run now, surge included
-    budget: int | None = None  # the most pods this fleet's share of a fleet-wide GPU budget allows
-    throughput: float | None = None  # measured tasks per second per worker, for drainWithinSeconds
 
 
 @dataclass(frozen=True)
@@ -96,6 +72,19 @@ def _window(history: tuple[tuple[float, int], ...], now: float, seconds: float) 
     return [r for t, r in history if t >= now - seconds]
 
 
+def demand(spec: ScalingSpec, obs: Observation, history: History = History()) -> int:
+    """What the load alone asks for, within [min, max]: a fleet's claim on a shared GPU budget. It is the
+    `recommendation` that `decide` reports, known before the budget is divided."""
+    if spec.paused or obs.depth is None:
+        return obs.current
+    wanted, _ = _recommend(spec, obs, obs.depth, _last_busy(obs, history))
+    return min(max(wanted, spec.min_replicas), spec.max_replicas)
+
+
+def _last_busy(obs: Observation, history: History) -> float:
+    return obs.now if obs.depth.total > 0 or history.last_busy is None else history.last_busy
+
+
 def decide(spec: ScalingSpec, obs: Observation, history: History = History()) -> Decision:
     """Desired replicas for one fleet, with the reason that goes into its status and Events."""
     current = obs.current
@@ -110,7 +99,7 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
         )
 
     depth = obs.depth
-    last_busy = obs.now if depth.total > 0 or history.last_busy is None else history.last_busy
+    last_busy = _last_busy(obs, history)
     wanted, why = _recommend(spec, obs, depth, last_busy)
     recommendation = min(max(wanted, spec.min_replicas), spec.max_replicas)
     longest = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)

@@ -6,11 +6,10 @@ from typing import Any
 
 from gpufleet.crd import GROUP, KIND, VERSION
 from gpufleet.spec import QueueSpec
+from gpufleet_worker import contract
 
 MANAGED_BY = "gpufleet"
 FLEET_LABEL = "gpufleet.dev/fleet"
-HEARTBEAT_FILE = "/tmp/gpufleet/heartbeat"
-STATE_INTERVAL_SECONDS = 5
 CA_MOUNT = "/etc/gpufleet/broker-ca"
 
 
@@ -73,9 +72,10 @@ def worker_env(spec: QueueSpec, namespace: str, name: str) -> list[dict[str, Any
         {"name": "GPUFLEET_CONCURRENCY", "value": str(w.slots)},
         {"name": "GPUFLEET_VISIBILITY_TIMEOUT", "value": str(w.visibility_timeout_seconds)},
         {"name": "GPUFLEET_TASK_TIME_LIMIT", "value": str(w.task_time_limit_seconds)},
-        {"name": "GPUFLEET_HEARTBEAT_FILE", "value": HEARTBEAT_FILE},
+        {"name": "GPUFLEET_HEARTBEAT_FILE", "value": contract.HEARTBEAT_FILE},
         {"name": "GPUFLEET_GPUS", "value": str(w.gpus)},
-        {"name": "GPUFLEET_STATE_INTERVAL", "value": str(STATE_INTERVAL_SECONDS)},
+        {"name": "CUPY_CACHE_DIR", "value": "/tmp/cupy"},  # the root filesystem is read-only
+        {"name": "GPUFLEET_STATE_INTERVAL", "value": f"{contract.STATE_INTERVAL_SECONDS:g}"},
     ]
     if w.gpus > 0 and w.require_gpu:
         env.append({"name": "GPUFLEET_REQUIRE_GPU", "value": "1"})
@@ -144,12 +144,17 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
             "timeoutSeconds": 10,
             "failureThreshold": 60,
         },
+        # The restricted Pod Security Standard, whatever the namespace enforces.
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": w.security.read_only_root_filesystem,
         },
     }
-    volumes: list[dict[str, Any]] = [{"name": "gpufleet-run", "emptyDir": {}}]
+    # The only writable paths: scratch for Python, Celery and CuPy's kernel cache; the heartbeat's directory.
+    container["volumeMounts"].insert(0, {"name": "tmp", "mountPath": "/tmp"})
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "gpufleet-run", "emptyDir": {}}]
     ca = spec.broker.tls.ca_secret_ref if spec.broker.tls.enabled else None
     if ca:
         volumes.append(
@@ -164,7 +169,13 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": w.termination_grace_period_seconds,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": w.security.run_as_user,
+            "runAsGroup": w.security.run_as_group,
+            "fsGroup": w.security.fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     optional = {
         "nodeSelector": dict(w.node_selector) or None,

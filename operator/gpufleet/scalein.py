@@ -8,20 +8,8 @@ busy pods positive ones (the busiest, longest-running dearest), so a scale-in by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from gpufleet.broker import WorkerState
-
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-
-
-@dataclass(frozen=True)
-class Pod:
-    name: str
-    scheduled: bool
-    unschedulable: bool  # PodScheduled=False with reason Unschedulable: no node has room (no free GPU)
-    terminating: bool
-    deletion_cost: str | None
+from gpufleet.model import Pod, WorkerState
 
 
 def idle_pods(pods: Mapping[str, Pod], workers: Mapping[str, WorkerState]) -> list[str]:

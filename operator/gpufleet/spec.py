@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpufleet.crd import defaulted_spec
+from gpufleet_worker import contract
 
 
 class SpecError(ValueError):
@@ -41,8 +42,16 @@ class BrokerSpec:
     tls: TLSSpec = TLSSpec()
     global_keyprefix: str = ""
     priority_steps: tuple[int, ...] = (0, 3, 6, 9)
-    separator: str = "\x06\x16"
+    separator: str = contract.KOMBU_SEP
     unacked_key: str = "unacked"
+
+
+@dataclass(frozen=True)
+class SecuritySpec:
+    run_as_user: int = 10001
+    run_as_group: int = 10001
+    fs_group: int = 10001
+    read_only_root_filesystem: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class WorkerSpec:
     priority_class_name: str | None = None
     service_account_name: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
+    security: SecuritySpec = field(default_factory=lambda: SecuritySpec())
 
     @property
     def slots(self) -> int:
@@ -141,7 +151,7 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
             tls=TLSSpec(tls["enabled"], tls["insecureSkipVerify"], _ref(tls.get("caSecretRef"))),
             global_keyprefix=b["globalKeyprefix"],
             priority_steps=tuple(b["prioritySteps"]),
-            separator=b["separator"],
+            separator=contract.separator(b["separator"]),
             unacked_key=b["unackedKey"],
         )
         res = w["resources"]
@@ -169,6 +179,12 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
             priority_class_name=w.get("priorityClassName"),
             service_account_name=w.get("serviceAccountName"),
             image_pull_secrets=tuple(p["name"] for p in w.get("imagePullSecrets", ())),
+            security=SecuritySpec(
+                w["securityContext"]["runAsUser"],
+                w["securityContext"]["runAsGroup"],
+                w["securityContext"]["fsGroup"],
+                w["securityContext"]["readOnlyRootFilesystem"],
+            ),
         )
         scaling = ScalingSpec(
             min_replicas=sc["minReplicas"],

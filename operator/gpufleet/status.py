@@ -1,42 +1,120 @@
-"""Pure builders of a GpuTaskQueue's status: conditions that keep their transition time, and the status body."""
+"""Pure builders of a GpuTaskQueue's status: typed conditions, their rendering (transition times kept), the
+status body, and the merge patch that writes only what changed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from gpufleet.budget import Share
+from gpufleet.model import Deployment, Pod, Reading
+from gpufleet.policy import Decision
+from gpufleet.scalein import idle_pods
 
 BROKER_REACHABLE = "BrokerReachable"
 READY = "Ready"
 SCALING_LIMITED = "ScalingLimited"
 
 
-def set_condition(
-    conditions: Sequence[dict[str, Any]],
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    now: str,
-    generation: int | None = None,
-) -> list[dict[str, Any]]:
-    """Conditions with `type_` set; lastTransitionTime moves only when the status itself changes."""
-    value = "True" if status else "False"
-    old = next((c for c in conditions if c["type"] == type_), None)
-    since = (
-        old["lastTransitionTime"]
-        if old and old.get("status") == value and old.get("lastTransitionTime")
-        else now
-    )
-    new = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": since}
-    if generation is not None:
-        new["observedGeneration"] = generation
-    return [c for c in conditions if c["type"] != type_] + [new]
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool | None  # None: Unknown
+    reason: str
+    message: str
+    generation: int | None = None  # set on Ready: the spec generation it speaks of
+
+    @property
+    def value(self) -> str:
+        return "Unknown" if self.status is None else "True" if self.status else "False"
 
 
-def condition(conditions: Sequence[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c["type"] == type_), None)
+def rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render(conditions: Sequence[Condition], previous: Sequence[Mapping[str, Any]], stamp: str) -> list[dict]:
+    """The conditions as the API stores them; lastTransitionTime moves only when a condition's status does."""
+    old = {c.get("type"): c for c in previous}
+    out = []
+    for c in conditions:
+        was = old.get(c.type) or {}
+        since = (
+            was["lastTransitionTime"]
+            if was.get("status") == c.value and was.get("lastTransitionTime")
+            else stamp
+        )
+        item = {"type": c.type, "status": c.value, "reason": c.reason, "message": c.message,
+                "lastTransitionTime": since}  # fmt: skip
+        if c.generation is not None:
+            item["observedGeneration"] = c.generation
+        out.append(item)
+    return out
+
+
+def condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
 
 
 def camel(word: str) -> str:
     """limited_by names (camelCase) as condition reasons (CamelCase)."""
     return word[:1].upper() + word[1:]
+
+
+def merge_patch(written: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch from what was written to `status`; None when they are equal. A merge patch keeps the
+    keys it does not name, so what is no longer there (a key, a queue) is named with None."""
+    if dict(status) == dict(written):
+        return None
+    patch = {key: None for key in written if key not in status} | dict(status)
+    if "queues" in status:
+        gone = {q: None for q in written.get("queues") or {} if q not in status["queues"]}
+        patch["queues"] = {**gone, **status["queues"]}
+    return patch
+
+
+def body(
+    *,
+    generation: int,
+    conditions: list[dict],
+    deployment: str,
+    replicas: Deployment | None,
+    gpus_per_pod: int,
+    reading: Reading | None,
+    pods: Mapping[str, Pod],
+    throughput: float | None,
+    share: Share | None,
+    budget: int | None,
+    decision: Decision | None,
+    last_scale_time: str | None,
+) -> dict[str, Any]:
+    """The status subresource of one GpuTaskQueue, from what was observed and decided in one tick."""
+    status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
+    if replicas is not None:
+        status |= {
+            "deployment": deployment,
+            "replicas": replicas.have,
+            "readyReplicas": replicas.ready,
+            "gpus": replicas.have * gpus_per_pod,
+        }
+    if reading is not None:
+        depth = reading.depth
+        status |= {
+            "queued": depth.queued,
+            "reserved": depth.reserved,
+            "queues": {q: {"queued": d.queued, "reserved": d.reserved} for q, d in reading.queues.items()},
+            "busyWorkers": sum(1 for w in reading.workers.values() if w.busy),
+            "idleWorkers": len(idle_pods(pods, reading.workers)),
+            "pendingPods": sum(1 for p in pods.values() if p.unschedulable and not p.terminating),
+        }
+        if throughput is not None:
+            status["throughput"] = f"{throughput:.2g}"
+    if share is not None:
+        status["gpuShare"] = {"gpus": share.gpus, "budget": budget, "reason": share.reason}
+    if decision is not None:
+        status |= {"desiredReplicas": decision.replicas, "reason": decision.reason}
+    if last_scale_time:
+        status["lastScaleTime"] = last_scale_time
+    return status

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gpufleet.broker import WorkerState
+from gpufleet.model import WorkerState
 
 SMOOTHING = 0.3  # weight of the newest sample in the moving average
 MIN_SPAN_SECONDS = 5.0  # samples are taken over at least this long

@@ -150,3 +150,4 @@ def operator(cluster_env, namespace, crd, tmp_path):
     yield op
     op.stop()
     print(f"--- operator log ({namespace}) ---\n{op.log()[-6000:]}")
+    op.assert_no_traceback()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import yaml
 from celery import Celery
@@ -74,6 +75,14 @@ class Operator:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def assert_no_traceback(self) -> None:
+        """Every fault the operator expects is handled and shown on the queue: a traceback in its log is a bug,
+        even when the test's own assertions held."""
+        log = self.log()
+        at = log.find("Traceback (most recent call last)")
+        if at >= 0:
+            pytest.fail(f"the operator logged a traceback:\n{log[at : at + 4000]}")
 
 
 def queue_manifest(name: str, redis_url: str, queues: list[str], *, scaling: dict | None = None, worker: dict | None = None,

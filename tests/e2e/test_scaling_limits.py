@@ -117,6 +117,7 @@ def test_fleet_wide_budget_is_shared_fairly_and_priority_takes_the_remainder(
         print(f"--- operator log ---\n{op.log()[-4000:]}")
         low.close()
         high.close()
+    op.assert_no_traceback()
 
 
 def test_sizing_by_measured_throughput(kubectl, operator, redis_url):

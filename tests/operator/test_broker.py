@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from gpufleet.broker import BrokerUnreachable, Connection, Layout, RedisProbe, Request, parse_workers
-from gpufleet.policy import Depth
+from gpufleet.broker import BrokerUnreachable, Connection, Layout, RedisProbe, Request
+from gpufleet.model import Depth
 from gpufleet_tools.devcluster.redisserver import WriteCounter
+from gpufleet_worker.contract import live_workers
 
 HERE = Path(__file__).parent
 
@@ -47,7 +48,7 @@ def test_connection_never_shows_the_password():
     assert tls["ssl"] is True and tls["ssl_cert_reqs"] == "none"
 
 
-def test_parse_workers_drops_stale_and_unreadable_entries():
+def test_live_workers_drops_stale_and_unreadable_entries():
     now = 1000.0
     raw = {
         b"live": json.dumps({"busy": True, "since": 990, "expires": 1010, "active": 1, "done": 7}),
@@ -55,7 +56,7 @@ def test_parse_workers_drops_stale_and_unreadable_entries():
         b"junk": b"{not json",
         b"partial": json.dumps({"busy": False}),
     }
-    workers = parse_workers(raw, now)
+    workers = live_workers(raw, now)
     assert list(workers) == ["live"]
     assert workers["live"].busy and workers["live"].done == 7
 

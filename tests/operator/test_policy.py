@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpufleet.policy import Depth, History, Observation, decide, seeded
+from gpufleet.model import Depth, Observation
+from gpufleet.policy import History, decide, seeded
 from gpufleet.spec import ScalingSpec
 
 BASE = ScalingSpec(

@@ -115,3 +115,31 @@ def test_tls_ca_is_mounted_from_its_secret():
 
 def test_building_is_deterministic():
     assert build() == build()
+
+
+def test_worker_pods_meet_the_restricted_pod_security_standard():
+    pod = build()["spec"]["template"]["spec"]
+    c = container(build())
+    # The restricted profile's rules (kubernetes.io/docs/concepts/security/pod-security-standards).
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsUser"] == 10001 != 0
+    assert not any("hostPath" in v for v in pod["volumes"]) and "hostNetwork" not in pod
+    # Read-only root, with the writable paths as volumes.
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts["/tmp"] == "tmp" and mounts["/tmp/gpufleet"] == "gpufleet-run"
+    assert {v["name"]: v for v in pod["volumes"]}["tmp"] == {"name": "tmp", "emptyDir": {}}
+    assert env_of(build())["CUPY_CACHE_DIR"]["value"].startswith("/tmp/")
+
+
+def test_users_of_their_own_image_choose_its_user():
+    spec = {**BASE, "worker": {**BASE["worker"], "securityContext": {"runAsUser": 1000, "fsGroup": 2000,
+                                                                      "readOnlyRootFilesystem": False}}}  # fmt: skip
+    dep = build(spec)
+    pod = dep["spec"]["template"]["spec"]["securityContext"]
+    assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (1000, 10001, 2000)
+    assert container(dep)["securityContext"]["readOnlyRootFilesystem"] is False
+    assert pod["runAsNonRoot"] is True

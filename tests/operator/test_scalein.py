@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gpufleet.broker import WorkerState
-from gpufleet.scalein import Pod, changed_annotations, deletion_costs, idle_pods
+from gpufleet.model import Pod, WorkerState
+from gpufleet.scalein import changed_annotations, deletion_costs, idle_pods
 
 
 def pod(name, cost=None, scheduled=True, terminating=False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpufleet.broker import WorkerState
+from gpufleet.model import WorkerState
 from gpufleet.throughput import Meter, measure
 
 

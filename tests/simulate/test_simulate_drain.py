@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from gpufleet import policy as real_policy
 from gpufleet import throughput as real_throughput
-from gpufleet.broker import WorkerState
 from gpufleet.cli import main
+from gpufleet.model import WorkerState
 from gpufleet_tools.simulate import policies
 from gpufleet_tools.simulate.engine import Setup, simulate
 from gpufleet_tools.simulate.metrics import KEYS, summarize

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from . import heartbeat
+from . import contract, heartbeat
 
 
 def main(env=os.environ) -> int:
-    path = env.get("GPUFLEET_HEARTBEAT_FILE") or heartbeat.DEFAULT_HEARTBEAT_FILE
+    path = env.get("GPUFLEET_HEARTBEAT_FILE") or contract.HEARTBEAT_FILE
     try:
-        max_age = float(env.get("GPUFLEET_HEARTBEAT_MAX_AGE") or heartbeat.DEFAULT_MAX_AGE)
+        max_age = float(env.get("GPUFLEET_HEARTBEAT_MAX_AGE") or contract.HEARTBEAT_MAX_AGE)
     except ValueError:
         print(
             f"GPUFLEET_HEARTBEAT_MAX_AGE={env['GPUFLEET_HEARTBEAT_MAX_AGE']!r} is not a number",

@@ -10,10 +10,6 @@ import os
 import time
 from pathlib import Path
 
-# Kept here, not in settings.py: the liveness probe imports this module alone, without NumPy or kombu.
-DEFAULT_HEARTBEAT_FILE = "/tmp/gpufleet/heartbeat"
-DEFAULT_MAX_AGE = 60.0
-
 
 def clear(path: str) -> None:
     """Forget a beat left by an earlier run of the container (the directory may outlive it)."""

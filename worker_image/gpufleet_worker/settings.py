@@ -5,20 +5,18 @@ Pure: `from_env(mapping)` decides everything and touches nothing, so the rules a
 
 from __future__ import annotations
 
-import codecs
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from . import contract
 from .codec import DEFAULT_MAX_PAYLOAD_BYTES
 from .errors import SettingsError
-from .heartbeat import DEFAULT_HEARTBEAT_FILE, DEFAULT_MAX_AGE
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 DEFAULT_TASK_TIME_LIMIT = 3300
-KOMBU_DEFAULT_SEP = "\x06\x16"
 
 
 @dataclass(frozen=True)
@@ -109,13 +107,6 @@ def _ssl_options(env: Mapping[str, str], url: str) -> dict | None:
     return options
 
 
-def _separator(raw: str | None) -> str:
-    if raw is None or raw == "":
-        return KOMBU_DEFAULT_SEP
-    # The operator may pass the control characters themselves or their escapes ("\x06\x16").
-    return codecs.decode(raw, "unicode_escape") if "\\" in raw else raw
-
-
 def _priority_steps(raw: str) -> list[int] | None:
     if not raw.strip():
         return None
@@ -173,7 +164,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
     keyprefix = env.get("GPUFLEET_GLOBAL_KEYPREFIX", "")
     transport_options: dict = {
         "visibility_timeout": visibility_timeout,
-        "sep": _separator(env.get("GPUFLEET_PRIORITY_SEP")),
+        "sep": contract.separator(env.get("GPUFLEET_PRIORITY_SEP")),
         # kombu looks for tasks of dead workers every 10 x 10 s by default; tie the sweep to the visibility
         # timeout so that a short one also brings lost tasks back soon.
         "unacked_restore_interval": restore_interval(visibility_timeout),
@@ -202,9 +193,9 @@ def from_env(env: Mapping[str, str]) -> Settings:
         task_time_limit=task_time_limit,
         soft_shutdown_timeout=_float(env, "GPUFLEET_SOFT_SHUTDOWN_TIMEOUT", None),
         result_expires=_int(env, "GPUFLEET_RESULT_EXPIRES", 3600, minimum=1),
-        heartbeat_file=env.get("GPUFLEET_HEARTBEAT_FILE", "").strip() or DEFAULT_HEARTBEAT_FILE,
-        heartbeat_max_age=_float(env, "GPUFLEET_HEARTBEAT_MAX_AGE", DEFAULT_MAX_AGE, minimum=1.0),
-        state_interval=_float(env, "GPUFLEET_STATE_INTERVAL", 5.0, minimum=0.1),
+        heartbeat_file=env.get("GPUFLEET_HEARTBEAT_FILE", "").strip() or contract.HEARTBEAT_FILE,
+        heartbeat_max_age=_float(env, "GPUFLEET_HEARTBEAT_MAX_AGE", contract.HEARTBEAT_MAX_AGE, minimum=1.0),
+        state_interval=_float(env, "GPUFLEET_STATE_INTERVAL", contract.STATE_INTERVAL_SECONDS, minimum=0.1),
         gpus=gpus,
         require_gpu=_flag(env, "GPUFLEET_REQUIRE_GPU"),
         gpu_memory_limit=_gpu_memory_limit(env.get("GPUFLEET_GPU_MEMORY_LIMIT", "")),

@@ -8,7 +8,6 @@ thread looks often and writes to Redis only when busy/active/done changed or the
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,17 +16,13 @@ from dataclasses import dataclass
 import redis
 from celery.worker import state as celery_state
 
-from . import heartbeat
+from . import contract, heartbeat
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # How often the thread looks at the worker's bookkeeping: how late a busy/idle change reaches Redis.
 LOOK_INTERVAL = 0.25
-
-
-def hash_key(settings: Settings) -> str:
-    return f"{settings.global_keyprefix}gpufleet:workers:{settings.fleet}"
 
 
 @dataclass(frozen=True)
@@ -46,33 +41,6 @@ def snapshot() -> Snapshot:
     return Snapshot(active=active, done=max(celery_state.all_total_count[0] - active, 0))
 
 
-def entry(snap: Snapshot, since: float, now: float, interval: float, hostname: str) -> dict:
-    return {
-        "busy": snap.busy,
-        "since": round(since, 3),
-        "expires": round(now + 3 * interval, 3),
-        "active": snap.active,
-        "done": snap.done,
-        "hostname": hostname,
-    }
-
-
-def stale_fields(fields: dict[bytes, bytes], now: float, own: str) -> list[bytes]:
-    """Fields whose entry has expired (or cannot be read): left by workers that died without a goodbye."""
-    stale = []
-    for name, raw in fields.items():
-        if name.decode(errors="replace") == own:
-            continue
-        try:
-            expires = float(json.loads(raw)["expires"])
-        except (ValueError, KeyError, TypeError):
-            stale.append(name)
-            continue
-        if expires < now:
-            stale.append(name)
-    return stale
-
-
 class Keeper(threading.Thread):
     """Keeps the heartbeat file fresh and this worker's state entry current, from the main process."""
 
@@ -81,7 +49,7 @@ class Keeper(threading.Thread):
         self.settings = settings
         self.hostname = hostname
         self.field = settings.pod_name or hostname.partition("@")[0]
-        self.key = hash_key(settings)
+        self.key = contract.workers_key(settings.global_keyprefix, settings.fleet)
         self.client = client
         self.interval = min(settings.state_interval, settings.heartbeat_max_age / 4)
         self._stop_event = threading.Event()
@@ -106,7 +74,8 @@ class Keeper(threading.Thread):
                 return
 
     def _publish(self, snap: Snapshot, since: float, now: float, sweep: bool) -> None:
-        value = json.dumps(entry(snap, since, now, self.settings.state_interval, self.hostname))
+        state = contract.WorkerState.fresh(snap.active, snap.done, since, now, self.settings.state_interval)
+        value = state.to_json(self.hostname)
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(self.key, self.field, value)
@@ -114,7 +83,7 @@ class Keeper(threading.Thread):
                 pipe.hgetall(self.key)
             replies = pipe.execute()
             if sweep:
-                stale = stale_fields(replies[1], now, self.field)
+                stale = contract.stale_fields(replies[1], now, self.field)
                 if stale:
                     self.client.hdel(self.key, *stale)
         except redis.RedisError as exc:

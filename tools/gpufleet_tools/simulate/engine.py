@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gpufleet.broker import WorkerState
-from gpufleet.resources import STATE_INTERVAL_SECONDS
+from gpufleet.model import WorkerState
 from gpufleet.spec import BrokerSpec
 from gpufleet_tools.simulate.traces import Trace
+from gpufleet_worker.contract import STATE_INTERVAL_SECONDS, STATE_TTL_INTERVALS
 
 PRIORITY_STEPS = BrokerSpec().priority_steps  # kombu's default: lists for steps 0, 3, 6 and 9
 
@@ -231,7 +231,7 @@ class _Simulation:
                 f"pod-{p.id}": WorkerState(
                     busy=bool(p.running),
                     since=p.since,
-                    expires=now + 3 * STATE_INTERVAL_SECONDS,
+                    expires=now + STATE_TTL_INTERVALS * STATE_INTERVAL_SECONDS,
                     active=len(p.running),
                     done=p.done,
                 )

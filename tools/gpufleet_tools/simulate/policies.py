@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpufleet import crd
-from gpufleet.policy import Depth, History, Observation, decide
+from gpufleet.model import Depth, Observation
+from gpufleet.policy import History, decide
 from gpufleet.spec import ScalingSpec, SpecError, parse_spec
 from gpufleet.throughput import Meter, measure
 from gpufleet_tools.simulate.engine import Loop, Policy, View

@@ -1,0 +1,62 @@
+"""What the watches have seen of our Deployments and worker pods, shared between kopf's handler threads (which
+write it) and the tick's thread (which reads it): one lock, and readers get immutable copies, never a live dict."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from gpufleet.model import Deployment, Pod
+from gpufleet.resources import FLEET_LABEL
+
+Key = tuple[str, str]
+
+
+class Cache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deployments: dict[Key, Deployment] = {}  # (namespace, Deployment name) -> what it is
+        self._pods: dict[Key, dict[str, Pod]] = {}  # (namespace, fleet) -> pod name -> Pod
+
+    def deployment_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if event_type == "DELETED":
+                self._deployments.pop(key, None)
+            else:
+                self._deployments[key] = Deployment.from_object(obj)
+
+    def pod_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        fleet = (meta.get("labels") or {}).get(FLEET_LABEL)
+        if not fleet:
+            return
+        with self._lock:
+            pods = self._pods.setdefault((meta["namespace"], fleet), {})
+            if event_type == "DELETED":
+                pods.pop(meta["name"], None)
+            else:
+                pods[meta["name"]] = Pod.from_object(obj)
+
+    def deletion_cost_written(self, namespace: str, fleet: str, pod: str, cost: str) -> None:
+        """Our own annotation, known before its watch event arrives: the next tick does not write it again."""
+        with self._lock:
+            pods = self._pods.get((namespace, fleet), {})
+            if pod in pods:
+                pods[pod] = replace(pods[pod], deletion_cost=cost)
+
+    def deployment(self, namespace: str, name: str) -> Deployment | None:
+        with self._lock:
+            return self._deployments.get((namespace, name))
+
+    def pods(self, namespace: str, fleet: str) -> Mapping[str, Pod]:
+        with self._lock:
+            return MappingProxyType(dict(self._pods.get((namespace, fleet), {})))
+
+    def forget(self, namespace: str, fleet: str) -> None:
+        with self._lock:
+            self._pods.pop((namespace, fleet), None)

@@ -1,0 +1,165 @@
+"""What the operator observes, as plain immutable values: the vocabulary that the pure core and the edges share.
+
+The broker probe produces Readings, the Kubernetes caches produce Pods and Deployments, the tick bundles them into
+one Snapshot per fleet; the policy and the plan read nothing else. No I/O here, and no import of an edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from gpufleet.spec import QueueSpec
+from gpufleet_worker.contract import WorkerState
+
+__all__ = [
+    "DELETION_COST",
+    "Deployment",
+    "Depth",
+    "Observation",
+    "Pod",
+    "Queue",
+    "Reading",
+    "Snapshot",
+    "WorkerState",
+]
+
+_EMPTY: Mapping = MappingProxyType({})
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # read by the ReplicaSet controller
+
+
+@dataclass(frozen=True)
+class Depth:
+    """What a fleet's queues hold: waiting in the broker, and delivered but not acknowledged (running)."""
+
+    queued: int
+    reserved: int
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.reserved
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one probe of the broker saw for one fleet."""
+
+    queues: Mapping[str, Depth]
+    workers: Mapping[str, WorkerState]  # pod name -> state, live entries only
+
+    @property
+    def depth(self) -> Depth:
+        return Depth(
+            sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values())
+        )
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A worker pod, as far as scaling cares."""
+
+    name: str
+    scheduled: bool
+    unschedulable: bool  # PodScheduled=False with reason Unschedulable: no node has room (no free GPU)
+    terminating: bool
+    deletion_cost: str | None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> Pod:
+        meta = obj["metadata"]
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return cls(
+            name=meta["name"],
+            scheduled=bool((obj.get("spec") or {}).get("nodeName")),
+            unschedulable=any(
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+                for c in conditions
+            ),
+            terminating=bool(meta.get("deletionTimestamp")),
+            deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
+        )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The worker Deployment as last seen: what we asked for, what it has, and why it cannot create pods."""
+
+    replicas: int  # spec.replicas
+    have: int = 0  # status.replicas
+    ready: int = 0  # status.readyReplicas
+    replica_failure: str | None = None  # the ReplicaFailure condition's message (admission, quota, ...)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> Deployment:
+        status = obj.get("status") or {}
+        failure = next(
+            (
+                c.get("message") or c.get("reason") or "pods cannot be created"
+                for c in status.get("conditions") or []
+                if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+            ),
+            None,
+        )
+        return cls(
+            replicas=obj["spec"]["replicas"],
+            have=status.get("replicas") or 0,
+            ready=status.get("readyReplicas") or 0,
+            replica_failure=failure,
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The policy's inputs for one tick. Every limit is optional: None means "not known", and then it does not
+    bind."""
+
+    now: float
+    depth: Depth | None  # None: the broker could not be read
+    current: int  # the Deployment's spec.replicas
+    idle_workers: int | None = None  # workers known to run nothing: the most pods a scale-in may remove
+    schedulable: int | None = None  # the most pods the cluster can run now, surge included
+    budget: int | None = None  # the most pods this fleet's share of a fleet-wide GPU budget allows
+    throughput: float | None = None  # measured tasks per second per worker, for drainWithinSeconds
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything observed about one fleet in one tick, gathered before anything is decided."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    now: float
+    spec: QueueSpec | None = None  # None when the spec is invalid (then `spec_error` says why)
+    spec_error: str | None = None
+    secret_problem: tuple[str, str] | None = None  # (reason, message) when a Secret of spec.broker failed
+    reading: Reading | None = None
+    broker_error: str | None = None  # why the broker could not be read, when it could not
+    deployment: Deployment | None = None  # None: it does not exist (not yet, or deleted by hand)
+    pods: Mapping[str, Pod] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A GpuTaskQueue as its last create/update/resume handler saw it."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: QueueSpec | None
+    spec_error: str | None = None
+    written: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # its status at that moment
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)

@@ -1,0 +1,182 @@
+"""The tick's first step: gather one immutable Snapshot per due fleet. Reads only, never writes.
+
+Per fleet: its broker connection (Secrets read when the spec changed or the last probes failed), then ONE
+pipelined probe per distinct broker for all its fleets (brokers probed side by side), then the Deployment and the
+pods from the watch caches (the Deployment read from the API only when the cache has none).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gpufleet import metrics
+from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, Request
+from gpufleet.cache import Cache
+from gpufleet.kube import Forbidden, Kube
+from gpufleet.model import Deployment, Queue, Reading, Snapshot
+from gpufleet.resources import deployment_name
+from gpufleet.spec import QueueSpec
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    generation: int
+    connection: Connection | None
+    problem: tuple[str, str] | None  # (reason, message) when a Secret could not be read
+
+
+class Observer:
+    def __init__(self, kube: Kube, cache: Cache, probes: ProbePool | None = None) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.probes = probes or ProbePool()
+        self._resolved: dict[Key, _Resolved] = {}  # the tick's thread only
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpufleet-probe")
+
+    def snapshots(
+        self,
+        queues: Sequence[Queue],
+        reresolve: Callable[[Key], bool],
+        now: float,
+        failed: Callable[[Key], None],
+    ) -> list[Snapshot]:
+        """Snapshots of `queues`. A fleet whose reads raise (an API fault) is handed to `failed`, which logs it
+        and retries it at its next poll; the others go on."""
+        resolved: dict[Key, _Resolved] = {}
+        for q in queues:
+            if q.spec is not None:
+                try:
+                    resolved[q.key] = self._resolve(q, reresolve(q.key))
+                except Exception:
+                    failed(q.key)
+        valid = [q for q in queues if q.key in resolved]
+        readings, errors = self._probe(valid, resolved, now)
+        out = []
+        for q in [q for q in queues if q.spec is None] + valid:
+            try:
+                deployment = self._deployment(q) if q.spec is not None else self._cached(q)
+            except Exception:
+                failed(q.key)
+                continue
+            r = resolved.get(q.key)
+            out.append(
+                Snapshot(
+                    namespace=q.namespace,
+                    name=q.name,
+                    uid=q.uid,
+                    generation=q.generation,
+                    now=now,
+                    spec=q.spec,
+                    spec_error=q.spec_error,
+                    secret_problem=r.problem if r else None,
+                    reading=readings.get(q.key),
+                    broker_error=errors.get(q.key),
+                    deployment=deployment,
+                    pods=self.cache.pods(q.namespace, q.name),
+                )  # fmt: skip
+            )
+        return out
+
+    def _resolve(self, q: Queue, reresolve: bool) -> _Resolved:
+        """The broker connection, with passwords read from Secrets (kept nowhere but in the Connection)."""
+        known = self._resolved.get(q.key)
+        if known and known.connection and known.generation == q.generation and not reresolve:
+            return known
+        b = q.spec.broker
+        values: dict[str, str] = {}
+        refs = (("url", b.url_secret_ref), ("password", b.password_secret_ref),
+                ("ca", b.tls.ca_secret_ref if b.tls.enabled else None))  # fmt: skip
+        for name, ref in refs:
+            if ref is None:
+                continue
+            try:
+                value = self.kube.secret_value(q.namespace, ref.name, ref.key)
+            except Forbidden:
+                problem = ("SecretForbidden", f"the operator may not read Secret {q.namespace}/{ref.name} named by "
+                           "spec.broker (with the Helm chart: add it to rbac.secretNames)")  # fmt: skip
+                return self._keep(q, None, problem)
+            if value is None:
+                problem = ("SecretNotFound",
+                           f"Secret {q.namespace}/{ref.name} (key {ref.key!r}) named by spec.broker is missing")  # fmt: skip
+                return self._keep(q, None, problem)
+            values[name] = value
+        conn = Connection(url=values.get("url") or b.url, password=values.get("password"), database=b.database,
+                          tls=b.tls.enabled, tls_insecure=b.tls.insecure_skip_verify, tls_ca_pem=values.get("ca"))  # fmt: skip
+        return self._keep(q, conn, None)
+
+    def _keep(self, q: Queue, conn: Connection | None, problem: tuple[str, str] | None) -> _Resolved:
+        self._resolved[q.key] = r = _Resolved(q.generation, conn, problem)
+        return r
+
+    def _probe(
+        self, queues: Sequence[Queue], resolved: Mapping[Key, _Resolved], now: float
+    ) -> tuple[dict[Key, Reading], dict[Key, str]]:
+        groups: dict[Connection, list[Queue]] = defaultdict(list)
+        errors: dict[Key, str] = {}
+        for q in queues:
+            r = resolved[q.key]
+            if r.connection is None:
+                errors[q.key] = r.problem[1]
+            else:
+                groups[r.connection].append(q)
+        futures = {
+            conn: self._pool.submit(self._read, conn, members, now) for conn, members in groups.items()
+        }
+        readings: dict[Key, Reading] = {}
+        for conn, members in groups.items():
+            got, error = futures[conn].result()
+            for q in members:
+                if error is None:
+                    readings[q.key] = got[f"{q.namespace}/{q.name}"]
+                else:
+                    errors[q.key] = error
+        return readings, errors
+
+    def _read(
+        self, conn: Connection, members: list[Queue], now: float
+    ) -> tuple[dict[str, Reading], str | None]:
+        requests = [Request(f"{q.namespace}/{q.name}", q.spec.queues, _layout(q.spec)) for q in members]
+        started = time.perf_counter()
+        try:
+            return self.probes.get(conn).read(requests, now), None
+        except BrokerUnreachable as exc:
+            return {}, str(exc)
+        finally:
+            metrics.probe_seconds.observe(time.perf_counter() - started)
+
+    def _cached(self, q: Queue) -> Deployment | None:
+        return self.cache.deployment(q.namespace, deployment_name(q.name))
+
+    def _deployment(self, q: Queue) -> Deployment | None:
+        """From the watch's cache; from the API when the cache has none (at start, before the watch's listing
+        arrives, a missing entry must not read as a deleted Deployment)."""
+        cached = self._cached(q)
+        if cached is not None:
+            return cached
+        live = self.kube.get_deployment(q.namespace, deployment_name(q.name))
+        if live is None:
+            return None
+        self.cache.deployment_event("MODIFIED", live)
+        return Deployment.from_object(live)
+
+    def keep_only(self, keys: set[Key]) -> None:
+        """Forget the connections of fleets that are gone, and close the probes no fleet uses any more."""
+        self._resolved = {k: r for k, r in self._resolved.items() if k in keys}
+        self.probes.keep_only(r.connection for r in self._resolved.values() if r.connection is not None)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.probes.close()
+
+
+def _layout(spec: QueueSpec) -> Layout:
+    b = spec.broker
+    return Layout(b.global_keyprefix, b.priority_steps, b.separator, b.unacked_key)

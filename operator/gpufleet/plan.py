@@ -1,0 +1,297 @@
+"""The tick's decision, pure: from one Snapshot per fleet (and what each fleet carries between ticks) to a Plan
+that says everything that should be true afterwards. `apply` then writes only what the Plan names.
+
+No I/O and no clock: time comes in with the snapshot, and what a fleet remembers comes in as a FleetState and
+goes out as a new one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gpufleet import status as st
+from gpufleet.budget import Claim, Share, divide
+from gpufleet.model import Observation, Snapshot
+from gpufleet.policy import Decision, History, decide, demand, seeded
+from gpufleet.resources import deployment, deployment_name
+from gpufleet.scalein import changed_annotations, deletion_costs, idle_pods
+from gpufleet.spec import QueueSpec
+from gpufleet.throughput import Meter, measure
+
+MAX_BACKOFF_SECONDS = 30.0
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What one fleet carries from a tick to the next. Only the tick's thread holds it."""
+
+    uid: str = ""
+    generation: int | None = None  # the spec generation the tick has seen
+    next_probe: float = 0.0
+    failures: int = 0  # broker probes failed in a row
+    history: History | None = None
+    meter: Meter = field(default_factory=Meter)
+    decision: Decision | None = None
+    applied_generation: int | None = None  # the generation whose Deployment the API accepted
+    rejected: tuple[int, str] | None = None  # (generation, the API's message) of a Deployment it refused
+    warned: frozenset[str] = frozenset()  # Warning Events posted and still true, each posted once
+    written: Mapping[str, Any] = field(default_factory=dict)  # the status as last written
+    last_scale_time: str | None = None
+
+    @classmethod
+    def first(cls, uid: str, written: Mapping[str, Any]) -> FleetState:
+        """A fleet first seen (an operator start): continue from the status written before."""
+        return cls(uid=uid, written=dict(written), last_scale_time=written.get("lastScaleTime"))
+
+    @property
+    def reresolve(self) -> bool:
+        """Re-read the broker's Secrets before the next probe: they may have been rotated."""
+        return self.failures > 1
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """The fleet's metric values after this tick."""
+
+    queues: Mapping[str, tuple[int, int]]  # queue -> (queued, reserved)
+    desired: int | None
+    replicas: int
+    busy: int | None
+    direction: str | None  # up, down or hold: one more decision counted; None when nothing was decided
+    limited_by: str
+    probe_failed: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    deployment: dict[str, Any] | None  # the Deployment to apply (server-side); None: nothing to write
+    annotations: Mapping[str, str]  # pod -> pod-deletion-cost, written before the Deployment
+    scale_event: Event | None  # posted once the Deployment apply went through
+    events: tuple[Event, ...]
+    status: dict[str, Any] | None  # the merge patch of the status; None when nothing changed
+    gauges: Gauges
+    state: FleetState  # what the fleet carries into the next tick once this plan is written
+
+
+def plan_tick(
+    snapshots: Sequence[Snapshot],
+    states: Mapping[Key, FleetState],
+    resting: Mapping[Key, QueueSpec],
+    gpu_budget: int | None,
+) -> dict[Key, Plan]:
+    """Plans for the fleets due this tick. `resting` are the other fleets: they still claim their share of the
+    GPU budget, at what they last asked for."""
+    prepared = {s.key: _prepare(s, states.get(s.key) or FleetState()) for s in snapshots}
+    shares: dict = {}
+    if gpu_budget is not None:
+        claims = [_claim(key, p.snap.spec, p.demand) for key, p in prepared.items() if p.snap.spec]
+        for key, spec in resting.items():
+            last = (states.get(key) or FleetState()).decision
+            claims.append(_claim(key, spec, last.recommendation if last else spec.scaling.min_replicas))
+        shares = divide(gpu_budget, claims)
+    return {key: _plan(p, shares.get(key), gpu_budget) for key, p in prepared.items()}
+
+
+def _claim(key: Key, spec: QueueSpec, pods: int) -> Claim:
+    s = spec.scaling
+    return Claim(key, spec.worker.gpus, s.min_replicas, pods, s.priority, s.weight)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A fleet's snapshot with its Observation worked out: the same for its budget demand and its decision."""
+
+    snap: Snapshot
+    state: FleetState  # with the history seeded, the probe's backoff and the meter updated
+    obs: Observation | None  # None: nothing to decide (invalid spec, or no Deployment yet)
+    demand: int = 0
+
+
+def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
+    spec = snap.spec
+    if spec is None:
+        # Nothing to probe until the spec changes (a new generation makes the fleet due again).
+        return _Prepared(snap, replace(state, next_probe=math.inf), None)
+    poll = spec.scaling.poll_interval_seconds
+    if snap.deployment is None:
+        return _Prepared(snap, replace(state, next_probe=snap.now + poll), None)
+    current = snap.deployment.replicas
+    history = state.history or seeded(snap.now, current)
+    if snap.reading is None:
+        failures = state.failures + 1
+        backoff = min(poll * 2**failures, MAX_BACKOFF_SECONDS)
+        state = replace(state, history=history, failures=failures, next_probe=snap.now + backoff)
+        obs = Observation(now=snap.now, depth=None, current=current)
+        return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
+    meter = measure(state.meter, snap.reading.workers, snap.now)
+    pods = snap.pods
+    blocked = any(p.unschedulable and not p.terminating for p in pods.values())
+    scheduled = sum(1 for p in pods.values() if p.scheduled and not p.terminating)
+    obs = Observation(
+        now=snap.now,
+        depth=snap.reading.depth,
+        current=current,
+        idle_workers=len(idle_pods(pods, snap.reading.workers)) if pods else None,
+        schedulable=scheduled + spec.scaling.gpu_surge if blocked else None,
+        throughput=meter.rate,
+    )
+    state = replace(state, history=history, meter=meter, failures=0, next_probe=snap.now + poll)
+    return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
+
+
+def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
+    snap, state, spec = p.snap, p.state, p.snap.spec
+    stamp = st.rfc3339(snap.now)
+    decision = None
+    if p.obs is not None:
+        decision = decide(spec.scaling, replace(p.obs, budget=share.pods if share else None), state.history)
+    current = snap.deployment.replicas if snap.deployment else None
+
+    rejected = state.rejected if state.rejected and state.rejected[0] == snap.generation else None
+    body, annotations, scale_event = None, {}, None
+    if spec is not None and rejected is None:
+        replicas = (
+            decision.replicas if decision else current if current is not None else spec.scaling.min_replicas
+        )
+        if current is None or replicas != current or state.applied_generation != snap.generation:
+            body = deployment(spec, namespace=snap.namespace, name=snap.name, uid=snap.uid, replicas=replicas)
+        if decision and current is not None and decision.replicas != current:
+            up = decision.replicas > current
+            scale_event = Event("Normal", "ScaledUp" if up else "ScaledDown", decision.reason)
+        if decision and current is not None and decision.replicas < current:
+            workers = snap.reading.workers if snap.reading else {}
+            annotations = changed_annotations(snap.pods, deletion_costs(snap.pods, workers, snap.now))
+
+    conditions = _conditions(snap, decision, rejected)
+    events, warned = _events(snap, conditions, state)
+    rendered = st.render(conditions, state.written.get("conditions") or [], stamp)
+    last_scale = stamp if scale_event else state.last_scale_time
+    throughput = state.meter.rate if spec and spec.scaling.drain_within_seconds else None
+    status = st.body(
+        generation=snap.generation, conditions=rendered, deployment=deployment_name(snap.name),
+        replicas=snap.deployment, gpus_per_pod=spec.worker.gpus if spec else 0, reading=snap.reading,
+        pods=snap.pods, throughput=throughput, share=share, budget=gpu_budget, decision=decision,
+        last_scale_time=last_scale,
+    )  # fmt: skip
+    new_state = replace(
+        state,
+        decision=decision or state.decision,
+        applied_generation=snap.generation if body is not None else state.applied_generation,
+        warned=warned,
+        written=status,
+        last_scale_time=last_scale,
+    )
+    return Plan(
+        deployment=body,
+        annotations=annotations,
+        scale_event=scale_event,
+        events=events,
+        status=st.merge_patch(state.written, status),
+        gauges=_gauges(snap, decision, current),
+        state=new_state,
+    )
+
+
+def _problem(snap: Snapshot, rejected: tuple[int, str] | None) -> tuple[str, str] | None:
+    """What stops this fleet from being scaled as asked, the most basic first."""
+    if snap.spec_error is not None:
+        return "InvalidSpec", snap.spec_error
+    if snap.secret_problem is not None:
+        return snap.secret_problem
+    if rejected is not None:
+        return "DeploymentRejected", f"the worker Deployment was refused: {rejected[1]}"
+    if snap.deployment is not None and snap.deployment.replica_failure:
+        return "PodsNotCreated", f"the worker pods cannot be created: {snap.deployment.replica_failure}"
+    return None
+
+
+def _conditions(snap: Snapshot, decision: Decision | None, rejected) -> list[st.Condition]:
+    """Every condition, derived afresh from this tick's snapshot and decision."""
+    problem = _problem(snap, rejected)
+    if snap.spec is None:
+        broker = st.Condition(
+            st.BROKER_REACHABLE, None, "NotProbed", "the spec is invalid; nothing is probed"
+        )
+    elif snap.reading is not None:
+        broker = st.Condition(st.BROKER_REACHABLE, True, "Probed", "the broker answered the last probe")
+    elif snap.broker_error is not None:
+        reason = snap.secret_problem[0] if snap.secret_problem else "ConnectionFailed"
+        broker = st.Condition(st.BROKER_REACHABLE, False, reason, snap.broker_error)
+    else:
+        broker = st.Condition(
+            st.BROKER_REACHABLE, None, "NotProbed", "the worker Deployment is being applied"
+        )
+    if problem is not None:
+        ready = st.Condition(st.READY, False, *problem, generation=snap.generation)
+    elif broker.status is False:
+        ready = st.Condition(st.READY, False, "BrokerUnreachable", "the broker cannot be read; replicas are held",
+                             generation=snap.generation)  # fmt: skip
+    else:
+        ready = st.Condition(st.READY, True, "Scaling", "the worker Deployment is applied and scaled from the broker",
+                             generation=snap.generation)  # fmt: skip
+    out = [broker, ready]
+    if decision is not None:
+        limited = decision.limited_by
+        out.append(
+            st.Condition(
+                st.SCALING_LIMITED,
+                limited is not None,
+                st.camel(limited) if limited else "WithinLimits",
+                decision.reason if limited else "no limit holds the fleet back",
+            )  # fmt: skip
+        )
+    return out
+
+
+# Warnings about a state that lasts are posted once per episode, whatever their changing details; the others
+# once per distinct message (a spec fixed one way and broken another deserves a new Warning).
+_EPISODES = ("BrokerUnreachable", "PodsNotCreated")
+
+
+def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetState) -> tuple[tuple, frozenset]:
+    """The Events this tick should post, and the Warnings that then stand posted."""
+    by_type = {c.type: c for c in conditions}
+    broker, ready = by_type[st.BROKER_REACHABLE], by_type[st.READY]
+    events: list[Event] = []
+    warned = set()
+    if broker.status is False:
+        warned.add("BrokerUnreachable")
+        if "BrokerUnreachable" not in state.warned:
+            events.append(Event("Warning", "BrokerUnreachable", f"{snap.broker_error}; holding the replicas until it answers"))  # fmt: skip
+    elif broker.status is True:
+        was = st.condition(state.written.get("conditions") or [], st.BROKER_REACHABLE)
+        if was and was.get("status") == "False":
+            events.append(Event("Normal", "BrokerReachable", "the broker answers again; scaling resumed"))
+    if ready.status is False and ready.reason != "BrokerUnreachable":
+        key = ready.reason if ready.reason in _EPISODES else f"{ready.reason}: {ready.message}"
+        warned.add(key)
+        if key not in state.warned:
+            events.append(Event("Warning", ready.reason, ready.message))
+    return tuple(events), frozenset(warned)
+
+
+def _gauges(snap: Snapshot, decision: Decision | None, current: int | None) -> Gauges:
+    reading = snap.reading
+    direction = None
+    if decision is not None and current is not None:
+        direction = "up" if decision.replicas > current else "down" if decision.replicas < current else "hold"
+    return Gauges(
+        queues={q: (d.queued, d.reserved) for q, d in reading.queues.items()} if reading else {},
+        desired=decision.replicas if decision else None,
+        replicas=snap.deployment.have if snap.deployment else 0,
+        busy=sum(w.busy for w in reading.workers.values()) if reading else None,
+        direction=direction,
+        limited_by=(decision.limited_by if decision else None) or "none",
+        probe_failed=snap.spec is not None and snap.deployment is not None and reading is None,
+    )

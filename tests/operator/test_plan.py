@@ -1,0 +1,208 @@
+"""The tick's plan, with no cluster and no broker: snapshots in, everything that should then be true out.
+
+Each test walks one fleet through a few ticks, feeding every plan's state into the next, as the operator does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from gpufleet import plan as plan_module
+from gpufleet.model import Deployment, Depth, Pod, Reading, Snapshot, WorkerState
+from gpufleet.plan import FleetState, plan_tick
+from gpufleet.spec import parse_spec
+
+SPEC = parse_spec(
+    {
+        "broker": {"url": "redis://redis:6379/0"},
+        "queues": ["gpu"],
+        "worker": {"image": "w:1"},
+        "scaling": {"maxReplicas": 6, "scaleDownStabilizationSeconds": 0, "idleSecondsBeforeZero": 0},
+    }
+)
+KEY = ("ml", "embed")
+
+
+def snap(now=100.0, queued=0, reserved=0, replicas=1, workers=None, pods=None, **kw) -> Snapshot:
+    reading = Reading({"gpu": Depth(queued, reserved)}, workers or {})
+    fields = dict(namespace="ml", name="embed", uid="u1", generation=1, now=now, spec=SPEC, reading=reading,
+                  deployment=Deployment(replicas, replicas, replicas), pods=pods or {})  # fmt: skip
+    return Snapshot(**(fields | kw))
+
+
+def step(s: Snapshot, state: FleetState | None = None, budget=None, resting=None):
+    plans = plan_tick([s], {KEY: state or FleetState(uid="u1")}, resting or {}, budget)
+    return plans[KEY]
+
+
+def conditions(p) -> dict[str, dict]:
+    return {c["type"]: c for c in p.state.written["conditions"]}
+
+
+def test_a_new_fleet_gets_its_deployment_at_min_replicas_and_a_status():
+    p = step(snap(deployment=None))
+    assert p.deployment["metadata"]["name"] == "embed-workers" and p.deployment["spec"]["replicas"] == 0
+    assert p.scale_event is None and p.annotations == {}
+    assert p.status["observedGeneration"] == 1 and p.status["queued"] == 0
+    assert conditions(p)["BrokerReachable"]["status"] == "True"
+    assert "desiredReplicas" not in p.status  # nothing decided before the Deployment exists
+
+
+def test_steady_state_writes_nothing():
+    first = step(snap(queued=1))
+    assert first.deployment is not None  # the spec's generation is applied once
+    second = step(snap(now=101, queued=1), first.state)
+    assert (second.deployment, second.status, second.events, second.scale_event) == (None, None, (), None)
+    assert second.gauges.direction == "hold"
+
+
+def test_scale_up_applies_replicas_and_posts_one_event_with_the_reason():
+    p = step(snap(queued=4), FleetState(uid="u1", applied_generation=1))
+    assert p.deployment["spec"]["replicas"] == 4
+    assert p.scale_event.reason == "ScaledUp" and "scale up 1 -> 4" in p.scale_event.message
+    assert p.status["desiredReplicas"] == 4 and p.status["lastScaleTime"] == "1970-01-01T00:01:40Z"
+    assert p.gauges.direction == "up" and p.gauges.desired == 4
+
+
+def test_scale_in_marks_idle_pods_cheapest_before_the_deployment_shrinks():
+    workers = {
+        "a": WorkerState(True, 90, 200, 1),
+        "b": WorkerState(False, 50, 200),
+        "c": WorkerState(False, 80, 200),
+    }
+    pods = {n: Pod(n, True, False, False, None) for n in workers}
+    p = step(
+        snap(replicas=3, reserved=1, workers=workers, pods=pods), FleetState(uid="u1", applied_generation=1)
+    )
+    assert p.deployment["spec"]["replicas"] == 1
+    assert int(p.annotations["b"]) < int(p.annotations["c"]) < 0 < int(p.annotations["a"])
+    # The annotations already carried are not written again.
+    carried = {n: replace(pod, deletion_cost=p.annotations[n]) for n, pod in pods.items()}
+    again = step(
+        snap(replicas=3, reserved=1, workers=workers, pods=carried),
+        FleetState(uid="u1", applied_generation=1),
+    )
+    assert again.annotations == {}
+
+
+def test_broker_outage_holds_warns_once_backs_off_and_recovers():
+    ok = step(snap(replicas=2, queued=2), FleetState(uid="u1", applied_generation=1))
+    down = step(
+        snap(now=101, replicas=2, reading=None, broker_error="redis://r:6379: ConnectionError"), ok.state
+    )
+    assert down.deployment is None and "holding 2" in down.status["reason"]
+    assert [(e.type, e.reason) for e in down.events] == [("Warning", "BrokerUnreachable")]
+    assert conditions(down)["BrokerReachable"]["status"] == "False"
+    assert conditions(down)["Ready"]["reason"] == "BrokerUnreachable"
+    assert down.state.next_probe == 103 and down.gauges.probe_failed
+    still = step(
+        snap(now=103, replicas=2, reading=None, broker_error="redis://r:6379: ConnectionError"), down.state
+    )
+    assert still.events == () and still.state.next_probe == 103 + 4 and still.state.reresolve
+    back = step(snap(now=107, replicas=2, queued=2), still.state)
+    assert [(e.type, e.reason) for e in back.events] == [("Normal", "BrokerReachable")]
+    assert conditions(back)["Ready"]["status"] == "True" and back.state.failures == 0
+    assert conditions(back)["BrokerReachable"]["lastTransitionTime"] == "1970-01-01T00:01:47Z"
+
+
+def test_missing_secret_shows_its_reason_and_warns_once():
+    problem = ("SecretNotFound", "Secret ml/redis (key 'pw') named by spec.broker is missing")
+    s = snap(reading=None, secret_problem=problem, broker_error=problem[1])
+    p = step(s, FleetState(uid="u1", applied_generation=1))
+    c = conditions(p)
+    assert c["BrokerReachable"]["reason"] == "SecretNotFound" and c["Ready"]["reason"] == "SecretNotFound"
+    assert sorted(e.reason for e in p.events) == ["BrokerUnreachable", "SecretNotFound"]
+    assert step(replace(s, now=103), p.state).events == ()
+
+
+def test_invalid_spec_shows_its_field_warns_once_and_rests_until_a_new_generation():
+    s = snap(spec=None, spec_error="spec.worker.pool: unknown pool", reading=None)
+    p = step(s)
+    assert p.deployment is None and p.state.next_probe == math.inf
+    c = conditions(p)
+    assert (c["Ready"]["status"], c["Ready"]["reason"], c["Ready"]["observedGeneration"]) == (
+        "False",
+        "InvalidSpec",
+        1,
+    )
+    assert c["BrokerReachable"]["status"] == "Unknown" and "ScalingLimited" not in c
+    assert [e.message for e in p.events] == ["spec.worker.pool: unknown pool"]
+    assert step(s, p.state).events == ()
+    fixed = step(replace(s, generation=2, spec=SPEC, spec_error=None, reading=Reading({}, {})), p.state)
+    assert fixed.deployment is not None and conditions(fixed)["Ready"]["status"] == "True"
+
+
+def test_a_refused_deployment_is_shown_and_not_retried_until_the_spec_changes():
+    state = FleetState(uid="u1", rejected=(1, "spec.template: Invalid value"))
+    p = step(snap(queued=3), state)
+    assert p.deployment is None and p.scale_event is None
+    assert conditions(p)["Ready"]["reason"] == "DeploymentRejected"
+    assert [e.reason for e in p.events] == ["DeploymentRejected"]
+    assert step(snap(queued=3, generation=2), state).deployment is not None
+
+
+def test_pods_that_cannot_be_created_warn_once_per_episode_and_clear():
+    failing = Deployment(2, 0, 0, 'pods "embed-workers-x1" is forbidden: violates PodSecurity "restricted"')
+    p = step(snap(queued=2, replicas=2, deployment=failing), FleetState(uid="u1", applied_generation=1))
+    c = conditions(p)["Ready"]
+    assert (c["status"], c["reason"]) == ("False", "PodsNotCreated") and "PodSecurity" in c["message"]
+    assert [e.reason for e in p.events] == ["PodsNotCreated"]
+    other_pod = replace(failing, replica_failure=failing.replica_failure.replace("x1", "y2"))
+    again = step(snap(now=101, queued=2, replicas=2, deployment=other_pod), p.state)
+    assert again.events == ()  # a new pod name in the message is the same episode
+    fixed = step(snap(now=102, queued=2, replicas=2), again.state)
+    assert conditions(fixed)["Ready"]["status"] == "True" and fixed.state.warned == frozenset()
+
+
+def test_a_new_generation_reapplies_the_deployment_at_its_current_replicas():
+    p = step(snap(replicas=3, queued=3, generation=2), FleetState(uid="u1", applied_generation=1))
+    assert p.deployment["spec"]["replicas"] == 3 and p.scale_event is None
+
+
+def test_a_restarted_operator_continues_from_the_written_status():
+    written = step(snap(queued=1), FleetState(uid="u1", applied_generation=1)).state.written
+    p = step(snap(now=500, queued=1), FleetState.first("u1", written))
+    assert p.status is None and p.events == ()  # the same status, the same transition times: nothing to write
+    assert p.deployment is not None  # the Deployment is applied once after a start (an unchanged apply)
+
+
+def test_a_queue_no_longer_listed_is_removed_from_the_status():
+    first = step(snap(queued=1))
+    two = replace(snap(now=101, queued=1), reading=Reading({"gpu": Depth(1, 0), "old": Depth(0, 0)}, {}))
+    second = step(two, first.state)
+    third = step(snap(now=102, queued=1), second.state)
+    assert third.status["queues"] == {"old": None, "gpu": {"queued": 1, "reserved": 0}}
+
+
+def test_budget_demand_and_decision_come_from_one_pass(monkeypatch):
+    other = ("ml", "other")
+    other_state = FleetState(uid="u2", decision=step(snap(queued=4)).state.decision)  # last asked for 4
+    calls = []
+    real = plan_module.decide
+    monkeypatch.setattr(plan_module, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plans = plan_tick([snap(queued=6)], {KEY: FleetState(uid="u1", applied_generation=1), other: other_state},
+                      {other: SPEC}, gpu_budget=5)  # fmt: skip
+    p = plans[KEY]
+    assert len(calls) == 1
+    # 5 GPUs shared by two equal fleets that each want more: 3 and 2, the odd one to the name that sorts first.
+    assert p.deployment["spec"]["replicas"] == 3
+    assert p.status["gpuShare"]["budget"] == 5 and conditions(p)["ScalingLimited"]["reason"] == "GpuBudget"
+
+
+@pytest.mark.parametrize(
+    "reading, replicas, expected",
+    [
+        (None, 2, {"direction": "hold", "probe_failed": True, "busy": None}),
+        (
+            Reading({"gpu": Depth(0, 1)}, {"a": WorkerState(True, 0, 999, 1)}),
+            1,
+            {"direction": "hold", "busy": 1},
+        ),
+    ],
+)
+def test_gauges(reading, replicas, expected):
+    g = step(snap(replicas=replicas, reading=reading, broker_error=None if reading else "down")).gauges
+    assert {k: getattr(g, k) for k in expected} == expected
