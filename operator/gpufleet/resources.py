@@ -154,7 +154,10 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
     }
     # The only writable paths: scratch for Python, Celery and CuPy's kernel cache; the heartbeat's directory.
     container["volumeMounts"].insert(0, {"name": "tmp", "mountPath": "/tmp"})
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "gpufleet-run", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "gpufleet-run", "emptyDir": {}},
+    ]
     ca = spec.broker.tls.ca_secret_ref if spec.broker.tls.enabled else None
     if ca:
         volumes.append(
