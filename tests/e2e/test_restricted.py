@@ -24,11 +24,15 @@ def restrict(kubectl, namespace: str) -> None:
     )
 
 
-def admitted(kubectl, pod_spec: dict, name: str) -> None:
-    """Create a pod with this spec, server-side dry-run: Pod Security admission says yes or why not."""
+def admission(kubectl, pod_spec: dict, name: str) -> str | None:
+    """Create a pod with this spec, server-side dry-run: None when admitted, else why not."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod_spec}
     done = kubectl.run("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)
-    assert done.returncode == 0, f"{name}: {done.stderr}"
+    return None if done.returncode == 0 else f"{name}: {done.stderr}"
+
+
+def admitted(kubectl, pod_spec: dict, name: str) -> None:
+    assert admission(kubectl, pod_spec, name) is None, admission(kubectl, pod_spec, name)
 
 
 def test_worker_pods_are_admitted_in_a_restricted_namespace(
@@ -47,13 +51,18 @@ def test_a_users_own_security_settings_are_admitted_too(kubectl, namespace):
     restrict(kubectl, namespace)
     spec = parse_spec({"broker": {"url": "redis://r:6379/0"}, "queues": ["q"],
                        "worker": {"image": "me/worker:1", "securityContext": {"runAsUser": 1000, "fsGroup": 3000}}})  # fmt: skip
-    body = deployment(spec, namespace=namespace, name="own", uid="0", replicas=1)
-    admitted(kubectl, body["spec"]["template"]["spec"], "own-worker")
+    pod = deployment(spec, namespace=namespace, name="own", uid="0", replicas=1)["spec"]["template"]["spec"]
+    admitted(kubectl, pod, "own-worker")
+    # The namespace does enforce: the same pod with its safeguards removed is refused, naming the rule.
+    pod["containers"][0]["securityContext"] = {}
+    refused = admission(kubectl, pod, "unsafe-worker")
+    assert refused and 'violates PodSecurity "restricted' in refused and "allowPrivilegeEscalation" in refused
 
 
 def test_the_charts_pods_are_admitted_in_a_restricted_namespace(cluster, kubectl, namespace):
     restrict(kubectl, namespace)
-    rendered = cluster.helm("template", "gpufleet", CHART, "--namespace", namespace,
+    version = json.loads(kubectl.run("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    rendered = cluster.helm("template", "gpufleet", CHART, "--namespace", namespace, "--kube-version", version,
                             "--set", "redis.enabled=true").stdout  # fmt: skip
     pods = {}
     for doc in yaml.safe_load_all(rendered):
