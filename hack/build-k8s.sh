@@ -1,26 +1,53 @@
 #!/usr/bin/env bash
 # Builds, once, the binaries of the local control plane used by the e2e tests and the demo:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd, kwok and helm.
-# They are cached OUTSIDE the repository; a second run finds them and costs nothing.
+# With --kind, also what a kind cluster needs offline (hack/kind-node-image.sh puts them into its node image):
+# kind, kubelet, kubeadm, kube-proxy (the same Kubernetes release), crictl, and the etcd and CoreDNS that this
+# kubeadm deploys. They are cached OUTSIDE the repository; a second run finds them and costs nothing.
 #
-#   hack/build-k8s.sh            build what is missing, print the bin directory
-#   hack/build-k8s.sh --print    print the bin directory, build nothing
+#   hack/build-k8s.sh [--kind]           build what is missing, print the bin directory (--kind: kind's)
+#   hack/build-k8s.sh [--kind] --print   print that bin directory, build nothing
+#   hack/build-k8s.sh --env              print the versions and both bin directories as shell assignments
 set -euo pipefail
 
 K8S_VERSION="${GPUFLEET_K8S_VERSION:-v1.33.13}"
 ETCD_VERSION="${GPUFLEET_ETCD_VERSION:-v3.5.21}"   # >= 3.5.13: the apiserver's consistent reads from cache need it
 KWOK_VERSION="${GPUFLEET_KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${GPUFLEET_HELM_VERSION:-v3.19.0}"
+KIND_VERSION="${GPUFLEET_KIND_VERSION:-v0.33.0}"
+CRICTL_VERSION="${GPUFLEET_CRICTL_VERSION:-v1.34.0}"   # a CRI v1 client (the Go proxy here serves no v1.33.x)
+# What kubeadm $K8S_VERSION deploys (`kubeadm config images list`): registry.k8s.io/etcd:3.5.24-0 and
+# registry.k8s.io/coredns/coredns:v1.12.0. hack/kind-node-image.sh checks them against that list.
+NODE_ETCD_VERSION="${GPUFLEET_NODE_ETCD_VERSION:-v3.5.24}"
+COREDNS_VERSION="${GPUFLEET_COREDNS_VERSION:-v1.12.0}"
 
 CACHE="${GPUFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpufleet}"
 BIN="$CACHE/k8s/$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION/bin"
 WANTED=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+KIND_BIN="$CACHE/kind/$K8S_VERSION-kind$KIND_VERSION-crictl$CRICTL_VERSION-etcd$NODE_ETCD_VERSION-coredns$COREDNS_VERSION/bin"
+KIND_WANTED=(kind kubelet kubeadm kube-proxy crictl etcd coredns)
 
-if [[ "${1:-}" == "--print" ]]; then echo "$BIN"; exit 0; fi
+kind=0 print=0
+for arg in "$@"; do
+  case "$arg" in
+    --kind) kind=1 ;;
+    --print) print=1 ;;
+    --env)
+      for v in K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION KIND_VERSION CRICTL_VERSION NODE_ETCD_VERSION \
+        COREDNS_VERSION BIN KIND_BIN; do printf '%s=%q\n' "$v" "${!v}"; done
+      exit 0 ;;
+    *) echo "usage: $0 [--kind] [--print] | --env" >&2; exit 2 ;;
+  esac
+done
+result="$BIN"; [[ $kind == 1 ]] && result="$KIND_BIN"
+if [[ $print == 1 ]]; then echo "$result"; exit 0; fi
 
-missing=()
-for b in "${WANTED[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
-if [[ ${#missing[@]} -eq 0 ]]; then echo "$BIN"; exit 0; fi
+missing_in() { # DIR NAME... -> the names not built in DIR
+  local dir=$1 b; shift
+  for b in "$@"; do [[ -x "$dir/$b" ]] || echo "$b"; done
+}
+all_built() { [[ -z "$(missing_in "$BIN" "${WANTED[@]}")" ]] && { [[ $kind == 0 ]] || [[ -z "$(missing_in "$KIND_BIN" "${KIND_WANTED[@]}")" ]]; }; }
+if all_built; then echo "$result"; exit 0; fi
 
 command -v go >/dev/null || { echo "build-k8s: Go is needed (https://go.dev/doc/install)" >&2; exit 1; }
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
@@ -29,21 +56,26 @@ mkdir -p "$BIN"
 # binaries built and returns at once.
 exec 9>"$BIN/.lock"
 flock 9
-missing=()
-for b in "${WANTED[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
-if [[ ${#missing[@]} -eq 0 ]]; then echo "$BIN"; exit 0; fi
+if all_built; then echo "$result"; exit 0; fi
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 log() { echo "build-k8s: $*" >&2; }
 start=$SECONDS
 
-need() { for b in "$@"; do [[ -x "$BIN/$b" ]] || return 0; done; return 1; }
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+k8s_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
 
-if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+# k8s.io/kubernetes commands, through a wrapper module: k/k's go.mod points its staging modules at ./staging, so
+# `go install k8s.io/kubernetes/cmd/x@v` is refused; the wrapper replaces each by its published release.
+build_kubernetes() { # DEST_DIR COMMAND...
+  local dest=$1 mod="$work/k8s-$RANDOM" b; shift
+  [[ -n "$(missing_in "$dest" "$@")" ]] || return 0
   log "kubernetes $K8S_VERSION: wrapper module (k/k's go.mod points its staging modules at ./staging)"
-  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"; patch="${K8S_VERSION##*.}"
-  staging_version="v0.$minor.$patch"
+  local patch="${K8S_VERSION##*.}" gomod
   gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
-  mkdir -p "$work/k8s"
+  mkdir -p "$mod"
   {
     echo "module gpufleet.local/k8sbuild"
     echo
@@ -52,37 +84,28 @@ if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
     echo "require k8s.io/kubernetes $K8S_VERSION"
     echo
     # Every staging module k/k requires at v0.0.0, replaced by its published release.
-    grep -E '^\s+k8s\.io/[A-Za-z0-9._-]+ v0\.0\.0$' "$gomod" | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
-  } > "$work/k8s/go.mod"
-  cat > "$work/k8s/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  ldflags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
-  done
-  (cd "$work/k8s" && go mod tidy >/dev/null 2>"$work/tidy.log" || { cat "$work/tidy.log" >&2; exit 1; })
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    [[ -x "$BIN/$b" ]] && continue
+    grep -E '^\s+k8s\.io/[A-Za-z0-9._-]+ v0\.0\.0$' "$gomod" | awk -v v="v0.$minor.$patch" '{print "replace " $1 " => " $1 " " v}'
+  } > "$mod/go.mod"
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for b in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+    printf ')\n'
+  } > "$mod/tools.go"
+  (cd "$mod" && go mod tidy >/dev/null 2>"$work/tidy.log" || { cat "$work/tidy.log" >&2; exit 1; })
+  for b in "$@"; do
+    [[ -x "$dest/$b" ]] && continue
     log "building $b"
-    (cd "$work/k8s" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b") && mv "$BIN/$b.tmp" "$BIN/$b"
+    (cd "$mod" && go build -trimpath -ldflags "$k8s_ldflags" -o "$dest/$b.tmp" "k8s.io/kubernetes/cmd/$b") && mv "$dest/$b.tmp" "$dest/$b"
   done
-fi
+}
 
-if need etcd; then
-  log "etcd $ETCD_VERSION: wrapper main around etcdmain.Main (its server module has replace lines too)"
-  mkdir -p "$work/etcd"
-  printf 'module gpufleet.local/etcdbuild\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$work/etcd/go.mod"
-  cat > "$work/etcd/main.go" <<'GO'
+build_etcd() { # VERSION DEST_DIR
+  local version=$1 dest=$2 mod="$work/etcd-$1"
+  [[ -x "$dest/etcd" ]] && return 0
+  log "etcd $version: wrapper main around etcdmain.Main (its server module has replace lines too)"
+  mkdir -p "$mod"
+  printf 'module gpufleet.local/etcdbuild\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$version" > "$mod/go.mod"
+  cat > "$mod/main.go" <<'GO'
 package main
 
 import (
@@ -93,15 +116,33 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-  (cd "$work/etcd" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" .) && mv "$BIN/etcd.tmp" "$BIN/etcd"
-fi
+  (cd "$mod" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$dest/etcd.tmp" .) && mv "$dest/etcd.tmp" "$dest/etcd"
+}
 
-if need kwok; then log "kwok $KWOK_VERSION"; GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"; fi
-if need helm; then
+build_kubernetes "$BIN" kube-apiserver kube-controller-manager kube-scheduler kubectl
+build_etcd "$ETCD_VERSION" "$BIN"
+if [[ ! -x "$BIN/kwok" ]]; then log "kwok $KWOK_VERSION"; GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"; fi
+if [[ ! -x "$BIN/helm" ]]; then
   log "helm $HELM_VERSION"
   GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
+for b in $(missing_in "$BIN" "${WANTED[@]}"); do log "missing after build: $b"; exit 1; done
 
-for b in "${WANTED[@]}"; do [[ -x "$BIN/$b" ]] || { log "missing after build: $b"; exit 1; }; done
+if [[ $kind == 1 ]]; then
+  mkdir -p "$KIND_BIN"
+  build_kubernetes "$KIND_BIN" kubelet kubeadm kube-proxy
+  build_etcd "$NODE_ETCD_VERSION" "$KIND_BIN"
+  if [[ ! -x "$KIND_BIN/kind" ]]; then log "kind $KIND_VERSION"; GOBIN="$KIND_BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION"; fi
+  if [[ ! -x "$KIND_BIN/crictl" ]]; then
+    log "crictl $CRICTL_VERSION"
+    GOBIN="$KIND_BIN" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  fi
+  if [[ ! -x "$KIND_BIN/coredns" ]]; then
+    log "coredns $COREDNS_VERSION"
+    GOBIN="$KIND_BIN" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  fi
+  for b in $(missing_in "$KIND_BIN" "${KIND_WANTED[@]}"); do log "missing after build: $b"; exit 1; done
+fi
+
 log "done in $((SECONDS - start)) s"
-echo "$BIN"
+echo "$result"

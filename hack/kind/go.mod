@@ -1,0 +1,3 @@
+module gpufleet.local/kindnode
+
+go 1.22
