@@ -27,6 +27,12 @@ def sleep(seconds, marker_dir):
     return "slept"
 
 
+@app.task(name="user.count")
+def count(results):
+    """A chord's callback: how many results its header gave."""
+    return len(results)
+
+
 @app.task(name="user.object_result")
 def object_result():
     return np.array([object(), None])

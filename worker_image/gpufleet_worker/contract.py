@@ -44,10 +44,14 @@ class WorkerState:
     expires: float  # after this the entry is stale
     active: int = 0  # tasks running now
     done: int = 0  # tasks finished since the worker started
+    tags: tuple[str, ...] = ()  # kombu delivery tags of the messages it holds (running or reserved)
 
     @classmethod
-    def fresh(cls, active: int, done: int, since: float, now: float, interval: float) -> WorkerState:
-        return cls(active > 0, round(since, 3), round(now + STATE_TTL_INTERVALS * interval, 3), active, done)
+    def fresh(
+        cls, active: int, done: int, since: float, now: float, interval: float, tags: tuple[str, ...] = ()
+    ) -> WorkerState:
+        expires = round(now + STATE_TTL_INTERVALS * interval, 3)
+        return cls(active > 0, round(since, 3), expires, active, done, tuple(tags))
 
     def to_json(self, hostname: str) -> str:
         return json.dumps(
@@ -57,6 +61,7 @@ class WorkerState:
                 "expires": self.expires,
                 "active": self.active,
                 "done": self.done,
+                "tags": list(self.tags),
                 "hostname": hostname,
             }
         )
@@ -72,6 +77,7 @@ class WorkerState:
                 expires=float(doc["expires"]),
                 active=int(doc.get("active", 0)),
                 done=int(doc.get("done", 0)),
+                tags=tuple(str(t) for t in doc.get("tags") or ()),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -91,7 +97,84 @@ def live_workers(fields: Mapping[bytes | str, bytes | str], now: float) -> dict[
     return out
 
 
-def stale_fields(fields: Mapping[bytes | str, bytes | str], now: float, own: str) -> list[bytes | str]:
+def stale_fields(fields: Mapping[bytes | str, bytes | str], now: float, own: str = "") -> list[str]:
     """Fields whose entry has expired or cannot be read, other than `own`: left by workers that died."""
     live = live_workers(fields, now)
-    return [name for name in fields if _text(name) != own and _text(name) not in live]
+    return [_text(name) for name in fields if _text(name) != own and _text(name) not in live]
+
+
+# ---- orphaned deliveries -------------------------------------------------------------------------------------
+# A worker that dies holding messages leaves them in kombu's `unacked` hash, where Redis would give them back only
+# after the visibility timeout (hours). Its state entry names them (`tags`), so whoever sees it gone (a live worker
+# of the fleet finding its entry stale, the operator seeing its pod deleted, the same pod's next container) puts
+# exactly those back, at the front of their queue's list for their priority, in one atomic script. Doing it twice
+# is harmless: the second run finds nothing left. Each restored message gets a new delivery tag, so a late ack
+# from a worker that was only cut off (and finishes the task anyway: it runs twice) cannot remove the unacked
+# entry of the new delivery.
+
+UNACKED_INDEX_KEY = "unacked_index"  # kombu's default unacked_index_key
+RESTORES_KEY = "gpufleet:restores"  # a counter that makes restored delivery tags unique
+
+# KEYS: the fleet's worker-state hash, kombu's unacked hash, its unacked index, the restores counter.
+# ARGV: the worker's field, the global key prefix, the priority separator, the priority steps ("0,3,6,9"), and
+# a time: when not empty, restore only if the entry expired before it (a worker that wrote again is alive).
+# Returns the number of messages put back, or -1 when the entry turned out to be alive.
+RESTORE_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local ok, entry = pcall(cjson.decode, raw)
+if ARGV[5] ~= '' and ok and type(entry) == 'table' and tonumber(entry['expires'] or 0) >= tonumber(ARGV[5]) then
+  return -1
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if not ok or type(entry) ~= 'table' or type(entry['tags']) ~= 'table' then return 0 end
+local steps = {}
+for step in string.gmatch(ARGV[4], '%d+') do steps[#steps + 1] = tonumber(step) end
+table.sort(steps)
+local restored = 0
+for _, tag in ipairs(entry['tags']) do
+  local held = redis.call('HGET', KEYS[2], tag)
+  if held then
+    -- kombu stores [message, exchange, routing_key]; the message is re-queued byte for byte but for its tag.
+    local message, routing_key = string.match(held, '^%[(.*),%s*"[^"]*"%s*,%s*"([^"]*)"%s*%]%s*$')
+    if message then
+      local decoded_ok, decoded = pcall(cjson.decode, message)
+      local priority = 0
+      if decoded_ok and type(decoded) == 'table' and type(decoded['properties']) == 'table' then
+        priority = math.max(0, math.min(9, tonumber(decoded['properties']['priority']) or 0))
+      end
+      local step = steps[1] or 0
+      for _, s in ipairs(steps) do if s <= priority then step = s end end
+      local list = ARGV[2] .. routing_key
+      if step ~= 0 then list = list .. ARGV[3] .. step end
+      local new_tag = tag .. '.r' .. redis.call('INCR', KEYS[4])
+      local quoted = '"' .. string.gsub(tag, '%p', '%%%0') .. '"'
+      local requeued = string.gsub(message, '"delivery_tag":%s*' .. quoted, '"delivery_tag": "' .. new_tag .. '"', 1)
+      redis.call('RPUSH', list, requeued)
+      redis.call('HDEL', KEYS[2], tag)
+      redis.call('ZREM', KEYS[3], tag)
+      restored = restored + 1
+    end
+    -- A message in a shape this script does not know stays where it is: kombu restores it after the
+    -- visibility timeout.
+  end
+end
+return restored
+"""
+
+
+def restore_call(
+    global_keyprefix: str,
+    fleet: str,
+    field: str,
+    *,
+    separator: str = KOMBU_SEP,
+    priority_steps: tuple[int, ...] = KOMBU_PRIORITY_STEPS,
+    unacked_key: str = "unacked",
+    stale_before: float | None = None,
+) -> tuple[list[str], list[str]]:
+    """(KEYS, ARGV) of RESTORE_SCRIPT for one worker's field: `client.eval(RESTORE_SCRIPT, 4, *keys, *argv)`."""
+    p = global_keyprefix
+    keys = [workers_key(p, fleet), p + unacked_key, p + UNACKED_INDEX_KEY, p + RESTORES_KEY]
+    steps = ",".join(str(s) for s in priority_steps)
+    return keys, [field, p, separator, steps, "" if stale_before is None else repr(stale_before)]

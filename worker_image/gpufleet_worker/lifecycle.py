@@ -16,7 +16,7 @@ from celery import Celery, signals
 from . import device, heartbeat
 from .errors import DeviceError, SettingsError
 from .settings import Settings, check_time_limit
-from .state import Keeper
+from .state import Keeper, delivery_tag
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def connect(app: Celery, settings: Settings) -> None:
     signals.worker_process_init.connect(_on_process_init, dispatch_uid="gpufleet.process_init", weak=False)
     signals.worker_ready.connect(_on_worker_ready, dispatch_uid="gpufleet.worker_ready", weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, dispatch_uid="gpufleet.worker_shutdown", weak=False)
+    signals.task_received.connect(_on_task_received, dispatch_uid="gpufleet.task_received", weak=False)
 
 
 def _refuse(message: str) -> None:
@@ -86,6 +87,12 @@ def _on_worker_ready(sender=None, **_):
         logger.info("gpufleet: GPUFLEET_FLEET is unset, so this worker publishes no state")
     _keeper = Keeper(_settings, hostname, client)
     _keeper.start()
+
+
+def _on_task_received(request=None, **_):
+    tag = delivery_tag(request)
+    if _keeper is not None and tag is not None:
+        _keeper.received(tag)
 
 
 def _on_worker_shutdown(**_):

@@ -29,16 +29,24 @@ LOOK_INTERVAL = 0.25
 class Snapshot:
     active: int
     done: int
+    tags: tuple[str, ...] = ()  # delivery tags of every message this worker holds, running or reserved
 
     @property
     def busy(self) -> bool:
         return self.active > 0
 
 
-def snapshot() -> Snapshot:
+def snapshot(received: tuple[str, ...] = ()) -> Snapshot:
+    """What Celery's bookkeeping says now; `received` are tags just received and perhaps not yet reserved."""
     active = len(celery_state.active_requests)
+    tags = {str(t) for req in list(celery_state.reserved_requests) if (t := delivery_tag(req)) is not None}
     # all_total_count counts tasks accepted; those no longer active are done.
-    return Snapshot(active=active, done=max(celery_state.all_total_count[0] - active, 0))
+    done = max(celery_state.all_total_count[0] - active, 0)
+    return Snapshot(active=active, done=done, tags=tuple(sorted(tags | set(received))))
+
+
+def delivery_tag(request) -> str | None:
+    return getattr(getattr(request, "message", None), "delivery_tag", None)
 
 
 class Keeper(threading.Thread):
@@ -53,15 +61,25 @@ class Keeper(threading.Thread):
         self.client = client
         self.interval = min(settings.state_interval, settings.heartbeat_max_age / 4)
         self._stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._received: dict[str, float] = {}  # tag -> when: named at once, before Celery reserves it
+        self._lock = threading.Lock()
         self._failing = False
 
     def run(self) -> None:
+        if self.client is not None:
+            # This pod's previous container (OOM-killed, crashed) may have died holding messages: nobody else
+            # will restore them, as this entry is about to be written fresh.
+            try:
+                self._restore(self.field, stale_before=None)
+            except redis.RedisError as exc:
+                logger.warning("gpufleet: cannot restore what %s held before a restart: %s", self.field, exc)
         last: Snapshot | None = None
         since = time.time()
         due = 0.0
         while True:
             now = time.time()
-            snap = snapshot()
+            snap = snapshot(self._recent(now))
             if last is not None and snap.busy != last.busy:
                 since = now
             if snap != last or now >= due:
@@ -70,11 +88,28 @@ class Keeper(threading.Thread):
                     self._publish(snap, since, now, sweep=now >= due)
                 due = now + self.interval
                 last = snap
-            if self._stop_event.wait(LOOK_INTERVAL):
+            self._wake.wait(LOOK_INTERVAL)
+            self._wake.clear()
+            if self._stop_event.is_set():
                 return
 
+    def received(self, tag: str) -> None:
+        """A message just arrived (task_received, in the main process): name it in the entry now, so a worker
+        killed a moment later does not leave it to the visibility timeout."""
+        with self._lock:
+            self._received[str(tag)] = time.time()
+        self._wake.set()
+
+    def _recent(self, now: float) -> tuple[str, ...]:
+        # By a second later Celery has reserved it (then it is in the bookkeeping) or is done with it.
+        with self._lock:
+            self._received = {t: at for t, at in self._received.items() if now - at < 1.0}
+            return tuple(self._received)
+
     def _publish(self, snap: Snapshot, since: float, now: float, sweep: bool) -> None:
-        state = contract.WorkerState.fresh(snap.active, snap.done, since, now, self.settings.state_interval)
+        state = contract.WorkerState.fresh(
+            snap.active, snap.done, since, now, self.settings.state_interval, snap.tags
+        )
         value = state.to_json(self.hostname)
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -83,9 +118,8 @@ class Keeper(threading.Thread):
                 pipe.hgetall(self.key)
             replies = pipe.execute()
             if sweep:
-                stale = contract.stale_fields(replies[1], now, self.field)
-                if stale:
-                    self.client.hdel(self.key, *stale)
+                for field in contract.stale_fields(replies[1], now, self.field):
+                    self._restore(field, stale_before=now)
         except redis.RedisError as exc:
             # Celery reconnects its own connections; this thread retries at the next change or refresh.
             if not self._failing:
@@ -96,9 +130,22 @@ class Keeper(threading.Thread):
             logger.info("gpufleet: worker state written again to %s", self.key)
         self._failing = False
 
+    def _restore(self, field: str, stale_before: float | None) -> None:
+        """Put back the messages a dead worker of this fleet held (contract.RESTORE_SCRIPT)."""
+        s = self.settings
+        keys, argv = contract.restore_call(
+            s.global_keyprefix, s.fleet, field, separator=s.transport_options.get("sep", contract.KOMBU_SEP),
+            priority_steps=tuple(s.transport_options.get("priority_steps") or contract.KOMBU_PRIORITY_STEPS),
+            stale_before=stale_before,
+        )  # fmt: skip
+        restored = self.client.eval(contract.RESTORE_SCRIPT, len(keys), *keys, *argv)
+        if restored and restored > 0:
+            logger.warning("gpufleet: put back %d task(s) held by %s, a worker that is gone", restored, field)
+
     def stop(self) -> None:
         """End the thread and remove this worker's entry: a worker that shut down is neither busy nor idle."""
         self._stop_event.set()
+        self._wake.set()
         self.join(timeout=10)
         if self.client is None:
             return
