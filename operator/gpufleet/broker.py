@@ -169,8 +169,26 @@ class RedisProbe:
             readings[req.fleet] = Reading(
                 queues={q: Depth(queued[(req.fleet, q)], running.get(q, 0)) for q in req.queues},
                 workers=contract.live_workers(state, now),
+                stale=tuple(contract.stale_fields(state, now)),
             )
         return readings
+
+    def restore(self, request: Request, fields: Sequence[tuple[str, bool]], now: float) -> dict[str, int]:
+        """Put back the messages held by the workers named in `fields` (field, only if its entry is stale), in
+        one round trip; returns how many each one held (-1: its entry was alive after all)."""
+        b = request.layout
+        pipe = self._client.pipeline(transaction=False)
+        for pod, only_if_stale in fields:
+            keys, argv = contract.restore_call(
+                b.global_keyprefix, request.fleet, pod, separator=b.separator, priority_steps=b.priority_steps,
+                unacked_key=b.unacked_key, stale_before=now if only_if_stale else None,
+            )  # fmt: skip
+            pipe.eval(contract.RESTORE_SCRIPT, len(keys), *keys, *argv)
+        try:
+            counts = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnreachable(f"{self.connection.safe_url}: {type(exc).__name__}: {exc}") from None
+        return {pod: int(n) for (pod, _), n in zip(fields, counts, strict=True)}
 
     def close(self) -> None:
         self._client.close()

@@ -4,6 +4,7 @@ write it) and the tick's thread (which reads it): one lock, and readers get immu
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -13,6 +14,7 @@ from gpufleet.model import Deployment, Pod
 from gpufleet.resources import FLEET_LABEL
 
 Key = tuple[str, str]
+GONE_SECONDS = 120.0  # how long a deleted pod is remembered: far longer than its entry stays live (3 x 5 s)
 
 
 class Cache:
@@ -20,6 +22,7 @@ class Cache:
         self._lock = threading.Lock()
         self._deployments: dict[Key, Deployment] = {}  # (namespace, Deployment name) -> what it is
         self._pods: dict[Key, dict[str, Pod]] = {}  # (namespace, fleet) -> pod name -> Pod
+        self._gone: dict[Key, dict[str, float]] = {}  # (namespace, fleet) -> pod name -> when it was deleted
 
     def deployment_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
@@ -39,15 +42,18 @@ class Cache:
             pods = self._pods.setdefault((meta["namespace"], fleet), {})
             if event_type == "DELETED":
                 pods.pop(meta["name"], None)
+                # Only pods seen deleted count as gone: one missing from a cache still filling up is not.
+                self._gone.setdefault((meta["namespace"], fleet), {})[meta["name"]] = time.monotonic()
             else:
                 pods[meta["name"]] = Pod.from_object(obj)
 
-    def deletion_cost_written(self, namespace: str, fleet: str, pod: str, cost: str) -> None:
-        """Our own annotation, known before its watch event arrives: the next tick does not write it again."""
+    def pod_written(self, namespace: str, fleet: str, pod: str, **changes: object) -> None:
+        """What we just wrote on a pod, known before its watch event arrives: the next tick does not write it
+        again."""
         with self._lock:
             pods = self._pods.get((namespace, fleet), {})
             if pod in pods:
-                pods[pod] = replace(pods[pod], deletion_cost=cost)
+                pods[pod] = replace(pods[pod], **changes)
 
     def deployment(self, namespace: str, name: str) -> Deployment | None:
         with self._lock:
@@ -57,6 +63,16 @@ class Cache:
         with self._lock:
             return MappingProxyType(dict(self._pods.get((namespace, fleet), {})))
 
+    def gone(self, namespace: str, fleet: str) -> frozenset[str]:
+        """The fleet's pods deleted within the last GONE_SECONDS."""
+        horizon = time.monotonic() - GONE_SECONDS
+        with self._lock:
+            gone = self._gone.get((namespace, fleet), {})
+            for name in [n for n, at in gone.items() if at < horizon]:
+                del gone[name]
+            return frozenset(gone)
+
     def forget(self, namespace: str, fleet: str) -> None:
         with self._lock:
             self._pods.pop((namespace, fleet), None)
+            self._gone.pop((namespace, fleet), None)

@@ -94,9 +94,9 @@ class Controller:
         plans = plan_tick(snapshots, self.states, resting, self.gpu_budget)
         for snap in snapshots:
             try:
-                self.states[snap.key] = apply(
-                    self.kube, self.cache, snap, plans[snap.key], self.states[snap.key]
-                )
+                broker = self.observer.broker(queues[snap.key])
+                before = self.states[snap.key]
+                self.states[snap.key] = apply(self.kube, self.cache, snap, plans[snap.key], before, broker)
             except Exception:
                 self._failed(snap.key)
 

@@ -56,20 +56,27 @@ class Kube:
         self.client = api_client or kubernetes.client.ApiClient()
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
+        self.policy = kubernetes.client.PolicyV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply of a Deployment we own; applying the same body twice changes nothing."""
+        """Server-side apply of a Deployment or PodDisruptionBudget we own; the same body twice changes nothing."""
         meta = body["metadata"]
+        patch = {
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+        }[body["kind"]]
         try:
-            return self.apps.patch_namespaced_deployment(
-                meta["name"],
-                meta["namespace"],
-                body,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-            ).to_dict()
+            return self.client.sanitize_for_serialization(
+                patch(
+                    meta["name"],
+                    meta["namespace"],
+                    body,
+                    field_manager=FIELD_MANAGER,
+                    force=True,
+                    _content_type="application/apply-patch+yaml",
+                )
+            )
         except ApiException as exc:
             if exc.status in (400, 422):
                 raise Rejected(_message(exc)) from None
@@ -107,9 +114,10 @@ class Kube:
         raw = (secret.data or {}).get(key)
         return None if raw is None else base64.b64decode(raw).decode()
 
-    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    def patch_pod(self, namespace: str, name: str, metadata: dict[str, Any]) -> None:
+        """Labels and annotations of a pod (a None value removes the key); a pod already gone is ignored."""
         try:
-            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": metadata})
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -27,9 +27,12 @@ probe_seconds = Histogram(
     "Time of one pipelined probe of a broker (all its fleets' queues at once).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+restored = Counter(
+    "gpufleet_tasks_restored_total", "Messages of dead workers put back in their queues by the operator.", FLEET
+)
 probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
 
-_PER_FLEET = (desired, replicas, busy_workers)
+_PER_FLEET = (desired, replicas, busy_workers, restored)
 
 
 def forget(namespace: str, name: str, queues: tuple[str, ...]) -> None:

@@ -15,12 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gpufleet import metrics
-from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, Request
+from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, RedisProbe, Request
 from gpufleet.cache import Cache
 from gpufleet.kube import Forbidden, Kube
 from gpufleet.model import Deployment, Queue, Reading, Snapshot
 from gpufleet.resources import deployment_name
-from gpufleet.spec import QueueSpec
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -81,6 +80,7 @@ class Observer:
                     broker_error=errors.get(q.key),
                     deployment=deployment,
                     pods=self.cache.pods(q.namespace, q.name),
+                    gone=self.cache.gone(q.namespace, q.name),
                 )  # fmt: skip
             )
         return out
@@ -143,7 +143,7 @@ class Observer:
     def _read(
         self, conn: Connection, members: list[Queue], now: float
     ) -> tuple[dict[str, Reading], str | None]:
-        requests = [Request(f"{q.namespace}/{q.name}", q.spec.queues, _layout(q.spec)) for q in members]
+        requests = [_request(q) for q in members]
         started = time.perf_counter()
         try:
             return self.probes.get(conn).read(requests, now), None
@@ -151,6 +151,13 @@ class Observer:
             return {}, str(exc)
         finally:
             metrics.probe_seconds.observe(time.perf_counter() - started)
+
+    def broker(self, q: Queue) -> tuple[RedisProbe, Request] | None:
+        """The broker of a fleet probed this tick, with its request: for the writes a plan asks of it."""
+        r = self._resolved.get(q.key)
+        if r is None or r.connection is None or q.spec is None:
+            return None
+        return self.probes.get(r.connection), _request(q)
 
     def _cached(self, q: Queue) -> Deployment | None:
         return self.cache.deployment(q.namespace, deployment_name(q.name))
@@ -177,6 +184,7 @@ class Observer:
         self.probes.close()
 
 
-def _layout(spec: QueueSpec) -> Layout:
-    b = spec.broker
-    return Layout(b.global_keyprefix, b.priority_steps, b.separator, b.unacked_key)
+def _request(q: Queue) -> Request:
+    b = q.spec.broker
+    layout = Layout(b.global_keyprefix, b.priority_steps, b.separator, b.unacked_key)
+    return Request(f"{q.namespace}/{q.name}", q.spec.queues, layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpufleet.crd import GROUP, KIND, VERSION
+from gpufleet.model import BUSY_LABEL, DELETION_COST
 from gpufleet.spec import QueueSpec
 from gpufleet_worker import contract
 
@@ -213,3 +214,44 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
             },
         },
     }
+
+
+def busy_pdb(*, namespace: str, name: str, uid: str) -> dict[str, Any]:
+    """A PodDisruptionBudget that allows no eviction of the fleet's busy workers (the operator labels a pod busy
+    while its worker runs a task): `kubectl drain` and the Eviction API wait for them, and evict idle ones."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": f"{name}-busy-workers",
+            "namespace": namespace,
+            "labels": labels(name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "maxUnavailable": 0,
+            "selector": {"matchLabels": {**selector_labels(name), BUSY_LABEL: "true"}},
+        },
+    }
+
+
+# What the cluster autoscaler and Karpenter honour: a node with such a pod is not scaled down or consolidated.
+PROTECTION = {
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+    "karpenter.sh/do-not-disrupt": "true",
+}
+BUSY_DELETION_COST = (
+    "1000"  # above any idle pod's (which carry none, or a negative one): a rollout takes idle first
+)
+
+
+def pod_metadata(protect: bool | None, deletion_cost: str | None) -> dict[str, Any]:
+    """The metadata patch of one worker pod: protected while busy (or released), and/or a deletion cost."""
+    out: dict[str, Any] = {}
+    if protect is not None:
+        out["labels"] = {BUSY_LABEL: "true" if protect else None}
+        out["annotations"] = {k: v if protect else None for k, v in PROTECTION.items()}
+        out["annotations"][DELETION_COST] = BUSY_DELETION_COST if protect else None
+    if deletion_cost is not None:
+        out.setdefault("annotations", {})[DELETION_COST] = deletion_cost
+    return out

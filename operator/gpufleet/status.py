@@ -16,6 +16,7 @@ from gpufleet.scalein import idle_pods
 BROKER_REACHABLE = "BrokerReachable"
 READY = "Ready"
 SCALING_LIMITED = "ScalingLimited"
+SCALE_IN_PROTECTED = "ScaleInProtected"
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,7 @@ NEEDED = [
     ("update", "gputaskqueues.gpufleet.dev", "watched", "finalizers"),
     *[(v, "deployments.apps", "watched", "") for v in ("get", "list", "watch", "create", "patch", "update")],
     *[(v, "pods", "watched", "") for v in ("get", "list", "watch", "patch")],
+    *[(v, "poddisruptionbudgets.policy", "watched", "") for v in ("get", "create", "patch")],
     ("get", "secrets/broker", "watched", ""),
     *[(v, "events", "watched", "") for v in ("create", "patch")],
 ]
@@ -212,6 +213,7 @@ NEVER = [
     ("create", "gputaskqueues.gpufleet.dev", "watched", ""),
     ("delete", "gputaskqueues.gpufleet.dev", "watched", ""),
     ("delete", "deployments.apps", "watched", ""),
+    ("delete", "poddisruptionbudgets.policy", "watched", ""),
     ("create", "pods", "watched", ""),
     ("delete", "pods", "watched", ""),
     ("create", "pods", "watched", "exec"),

@@ -23,9 +23,11 @@ def test_pods_and_deployments_follow_their_events():
     cache.pod_event("ADDED", pod("a"))
     cache.pod_event("ADDED", pod("b", annotations={"controller.kubernetes.io/pod-deletion-cost": "-5"}))
     cache.pod_event("ADDED", {"metadata": {"name": "x", "namespace": "ml", "labels": {}}})  # not ours
+    assert cache.gone("ml", "embed") == frozenset()  # never seen deleted: not gone, whatever the cache holds
     cache.pod_event("DELETED", pod("a"))
+    assert cache.gone("ml", "embed") == {"a"}
     assert list(cache.pods("ml", "embed")) == ["b"] and cache.pods("ml", "embed")["b"].deletion_cost == "-5"
-    cache.deletion_cost_written("ml", "embed", "b", "-9")
+    cache.pod_written("ml", "embed", "b", deletion_cost="-9")
     assert cache.pods("ml", "embed")["b"].deletion_cost == "-9"
     failing = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "forbidden"}
     dep = {"metadata": {"name": "embed-workers", "namespace": "ml"}, "spec": {"replicas": 3},
@@ -75,3 +77,16 @@ def test_the_tick_reads_while_handler_threads_write():
             w.join()
     assert not errors, errors
     assert reads > 100
+
+
+def test_pods_held_by_a_scheduling_gate_are_pending_and_failed_pods_are_known():
+    gated = pod("g")
+    gated["spec"] = {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]}
+    evicted = pod("e", labels={"gpufleet.dev/fleet": "embed", "gpufleet.dev/busy": "true"})
+    evicted["status"] = {"phase": "Failed", "reason": "Evicted"}
+    cache = Cache()
+    cache.pod_event("ADDED", gated)
+    cache.pod_event("ADDED", evicted)
+    pods = cache.pods("ml", "embed")
+    assert pods["g"].unschedulable and not pods["g"].scheduled
+    assert pods["e"].failed and pods["e"].protected
