@@ -19,6 +19,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet import metrics
 from gpufleet.crd import GROUP, PLURAL, VERSION
 from gpufleet.status import rfc3339
 
@@ -62,6 +63,7 @@ class Kube:
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of a Deployment or PodDisruptionBudget we own; the same body twice changes nothing."""
         meta = body["metadata"]
+        metrics.api_writes.labels(body["kind"]).inc()
         patch = {
             "Deployment": self.apps.patch_namespaced_deployment,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
@@ -93,6 +95,7 @@ class Kube:
             raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        metrics.api_writes.labels("GpuTaskQueue/status").inc()
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": status}
@@ -116,6 +119,7 @@ class Kube:
 
     def patch_pod(self, namespace: str, name: str, metadata: dict[str, Any]) -> None:
         """Labels and annotations of a pod (a None value removes the key); a pod already gone is ignored."""
+        metrics.api_writes.labels("Pod").inc()
         try:
             self.core.patch_namespaced_pod(name, namespace, {"metadata": metadata})
         except ApiException as exc:
@@ -145,6 +149,7 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
+        metrics.api_writes.labels("Event").inc()
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as exc:

@@ -30,6 +30,9 @@ probe_seconds = Histogram(
 restored = Counter(
     "gpufleet_tasks_restored_total", "Messages of dead workers put back in their queues by the operator.", FLEET
 )
+api_writes = Counter(
+    "gpufleet_api_writes_total", "Writes the operator sent to the Kubernetes API, by what they wrote.", ("kind",)
+)
 probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
 
 _PER_FLEET = (desired, replicas, busy_workers, restored)

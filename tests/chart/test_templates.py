@@ -67,6 +67,7 @@ GPUFLEET = [
     ("gpufleet.dev", "gputaskqueues/finalizers", "update", ()),
     ("apps", "deployments", "get list watch create patch update", ()),
     ("", "pods", "get list watch patch", ()),
+    ("policy", "poddisruptionbudgets", "get create patch", ()),
     ("", "secrets", "get", ()),
     ("", "events", "create patch", ()),
 ]
@@ -371,7 +372,7 @@ def test_helm_test_hook(helm):
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     (container,) = pod["spec"]["containers"]
     script = container["args"][0]
-    assert "/apis/gpufleet.dev/v1alpha1" in script and '"name":"gputaskqueues"' in script
+    assert "/apis/gpufleet.dev/v1alpha1" in script and '"name": ?"gputaskqueues"' in script
     assert container["env"] == [
         {"name": "METRICS_URL", "value": f"http://{FULLNAME}-metrics.{NAMESPACE}.svc:8080/metrics"}
     ]
