@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes a fresh machine ready to run gpufleet's demo and tests: redis-server (Debian package), a virtualenv
-# with gpufleet and its test dependencies, and the Go-built control-plane binaries (cached outside the repo).
+# with gpufleet and its test dependencies, the Go-built control-plane binaries (cached outside the repo), and a
+# running Docker engine.
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +34,11 @@ fi
 
 if [[ "${GPUFLEET_SKIP_K8S_BUILD:-}" != "1" ]]; then
   hack/build-k8s.sh >/dev/null
+fi
+
+# A Docker engine for the image tests and kind: the one already running, else Debian's, started in the
+# background (hack/docker-engine.sh; `make unit` skips it).
+if [[ "${GPUFLEET_SKIP_DOCKER:-}" != "1" ]]; then
+  hack/docker-engine.sh start
 fi
 say "ready"
