@@ -1,5 +1,5 @@
 # The two commands at the top of the README. Both work on a fresh machine: they bootstrap what they need.
-.PHONY: demo test lint unit e2e bootstrap dev-cluster-up dev-cluster-down
+.PHONY: demo test lint unit e2e bootstrap images gpu-check dev-cluster-up dev-cluster-down
 
 bootstrap:
 	hack/bootstrap.sh
@@ -8,9 +8,20 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/gpufleet demo
 
-# Everything CI runs: lint, unit and integration tests on a real redis-server, e2e on the real control plane.
-test: bootstrap lint
+# Everything CI runs: lint, unit and integration tests on a real redis-server, e2e on the real control plane,
+# and the images built here run on the Docker engine (tests/images).
+test: bootstrap lint images
 	.venv/bin/python -m pytest -p no:cacheprovider
+
+# gpufleet-operator:dev, gpufleet-worker:dev-cpu and gpufleet-worker:dev-cuda on the local Docker engine, from a
+# base made here (no registry needed); prints each image's size.
+images: bootstrap
+	hack/images.sh
+
+# On a machine with an NVIDIA GPU and driver: the CUDA image's pinned stack in a fresh venv, the gpu tests, the
+# GPU benchmark.
+gpu-check:
+	hack/gpu-check.sh
 
 lint:
 	.venv/bin/ruff check .
