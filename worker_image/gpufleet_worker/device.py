@@ -6,6 +6,8 @@ no CUDA context exists before a fork. Prefork process i of a pod with n GPUs use
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import logging
 import math
 import os
@@ -27,6 +29,12 @@ logger = logging.getLogger(__name__)
 PINNED_MIN_BYTES = 1 << 20
 
 _OOM_MARKERS = ("out of memory", "ALLOC_FAILED", "cudaErrorMemoryAllocation")
+
+NO_CUPY = "CuPy is not installed (No module named 'cupy'): GPU fleets need the worker image's cuda variant"
+NO_DRIVER = (
+    "no NVIDIA driver: libcuda.so.1 cannot be loaded in this container. The driver comes from the node: "
+    "the NVIDIA device plugin mounts it into pods that request a GPU (docker: --gpus, NVIDIA container toolkit)"
+)
 
 
 @dataclass
@@ -105,6 +113,18 @@ def _numpy(reason: str) -> Device:
     return Device(xp=np, name="cpu")
 
 
+def _driver_missing() -> str | None:
+    """NO_DRIVER when the driver library cannot be loaded. CUDA reports a missing driver as an old one
+    (cudaErrorInsufficientDriver), which sends people upgrading a driver that is not there. Only called where
+    CUDA is initialised anyway, or the worker is about to stop: loading libcuda is no business of a parent
+    that forks."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return NO_DRIVER
+    return None
+
+
 def _cupy_device(settings: Settings, process_index: int) -> Device:
     try:
         import cupy
@@ -113,7 +133,7 @@ def _cupy_device(settings: Settings, process_index: int) -> Device:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        raise DeviceError(f"no CUDA device is usable: {exc}") from None
+        raise DeviceError(_driver_missing() or f"no CUDA device is usable: {exc}") from None
     if count == 0:
         raise DeviceError("no CUDA device is visible")
     index = process_index % count
@@ -153,6 +173,8 @@ def current() -> Device:
 
 def probe_gpu_count(timeout: float = 120.0) -> tuple[int, str]:
     """Count CUDA devices in a throw-away interpreter, so that the caller's process stays without CUDA."""
+    if importlib.util.find_spec("cupy") is None:
+        return 0, NO_CUPY
     code = "import cupy; print(cupy.cuda.runtime.getDeviceCount())"
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
@@ -160,6 +182,6 @@ def probe_gpu_count(timeout: float = 120.0) -> tuple[int, str]:
         return 0, f"the CUDA probe did not finish within {timeout:.0f}s"
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return 0, f"the CUDA probe failed: {last}"
+        return 0, _driver_missing() or f"the CUDA probe failed: {last}"
     count = int(done.stdout.strip() or 0)
     return count, f"{count} CUDA device(s) visible"
