@@ -122,3 +122,31 @@ def test_the_image_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     assert "--liveness" in run([python, "-m", "gpufleet", "run", "--help"])
     # Importing the handlers imports kopf, the Kubernetes client, redis and prometheus_client.
     run([python, "-c", "import gpufleet.handlers"])
+
+
+def render_notes(helm, chart, *sets: str) -> str:
+    return helm.render(sets=sets, chart=chart).one("ConfigMap", "notes")["data"]["notes"]
+
+
+@pytest.mark.binaries
+def test_the_notes_point_at_no_image_that_does_not_exist(helm, notes_chart):
+    """No gpufleet image is published: the notes' first queue runs the worker image the user names, or shows a
+    placeholder that says so, and a chart still on the default operator image is told it cannot be pulled."""
+    notes = render_notes(helm, notes_chart)
+    worker_image = re.search(r"^\s+image: (\S+)(.*)$", notes, re.M)
+    assert (
+        worker_image[1].startswith("registry.example.com/")
+        and "no gpufleet image is published" in worker_image[2]
+    )
+    assert "ghcr.io/gpufleet/gpufleet-worker" not in notes
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert f"cannot pull {values['image']['repository']}" in notes
+
+    notes = render_notes(
+        helm,
+        notes_chart,
+        "workerImage=registry.test/team/worker:1.0-cuda",
+        "image.repository=registry.test/op",
+    )
+    assert re.search(r"^\s+image: registry\.test/team/worker:1\.0-cuda$", notes, re.M)
+    assert "cannot pull" not in notes and "registry.example.com" not in notes
