@@ -28,8 +28,10 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/hadolint worker_image/Dockerfile $(wildcard operator/Dockerfile)
 
-unit: bootstrap
-	.venv/bin/python -m pytest -p no:cacheprovider -m "not cluster"
+# Every test that needs neither a cluster, nor a Go-built binary, nor a container engine: no Go build, no Docker.
+unit:
+	GPUFLEET_SKIP_K8S_BUILD=1 GPUFLEET_SKIP_DOCKER=1 hack/bootstrap.sh
+	.venv/bin/python -m pytest -p no:cacheprovider -m "not cluster and not binaries and not images and not kind"
 
 e2e: bootstrap
 	.venv/bin/python -m pytest -p no:cacheprovider -m cluster

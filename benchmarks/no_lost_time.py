@@ -91,9 +91,15 @@ def workers_only(rounds: int) -> tuple[list[float], list[float]]:
     return others, restarts
 
 
-def metric(port: int, name: str) -> float:
+def writes_by_kind(port: int) -> dict[str, float]:
+    """gpufleet_api_writes_total of the operator, by kind."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("gpufleet_api_writes_total{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('kind="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
 
 
 def with_operator(rounds: int, stream_seconds: float) -> tuple[list[float], dict[str, float]]:
@@ -138,18 +144,19 @@ def with_operator(rounds: int, stream_seconds: float) -> tuple[list[float], dict
                 wait_for("done", tasks.all_done, timeout=120)
             wait_for("two workers", lambda: client.hlen(fleet_key) == 2, timeout=180)
             time.sleep(12)  # past the release delay of the last busy worker: start from a quiet fleet
-            before = metric(port, "gpufleet_api_writes_total")
+            before = writes_by_kind(port)
             start, sent = time.monotonic(), 0
             while time.monotonic() - start < stream_seconds:  # two workers, ~80 % busy with 0.2 s tasks
                 tasks.send(8, seconds=0.2, prefix="stream-")
                 sent += 8
                 time.sleep(1.0)
             minutes = (time.monotonic() - start) / 60
-            writes = (metric(port, "gpufleet_api_writes_total") - before) / minutes
+            after = writes_by_kind(port)
+            writes = {f"API writes per minute: {k}": (n - before.get(k, 0)) / minutes for k, n in after.items()}
             wait_for("the stream done", tasks.all_done, timeout=180)
             op.stop()
             tasks.close()
-            return delays, {"tasks per minute": sent / minutes, "API writes per minute": writes}
+            return delays, {"tasks per minute": sent / minutes, **writes}
         finally:
             cluster.close()
 
@@ -170,7 +177,7 @@ def main() -> None:
     )
     print("\nA steady stream of short tasks through two workers, with busy-pod protection:")
     for name, value in stream.items():
-        print(f"  {name:24} {value:8.1f}")
+        print(f"  {name:44} {value:8.1f}")
 
 
 if __name__ == "__main__":
