@@ -74,4 +74,6 @@ for change in "${IMPORT_CHANGES[@]}"; do changes+=(--change "$change"); done
 tar --numeric-owner -C "$root" -c . | docker import "${changes[@]}" \
   --message "hack/base-images.sh: debootstrap $SUITE minbase + $PACKAGES" - "$image" >/dev/null
 say "made $image in $((SECONDS - started)) s ($(docker image inspect -f '{{.Size}}' "$image" | numfmt --to=iec))"
+# The bases of older recipes: untagged, their layers go once no image built on them is left.
+docker image ls --format '{{.Repository}}:{{.Tag}}' "${image%%:*}" | grep -vxF "$image" | xargs -r docker image rm >/dev/null || true
 echo "$image"

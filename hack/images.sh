@@ -10,6 +10,7 @@
 # GPUFLEET_BASE_IMAGE names one (e.g. python:3.11-slim-bookworm, the Dockerfiles' default, where it can be
 # pulled). Python wheels are downloaded once per lock into ~/.cache/gpufleet/wheels and handed to the build as
 # a wheelhouse image, so a rebuild downloads nothing, and the CUDA wheels (1.8 GB) never enter the build context.
+# GPUFLEET_NO_CACHE=1 builds every layer again (Debian's updates; a cold build's time).
 set -euo pipefail
 # A failure inside $(...) (the wheelhouse, the base) must stop the script too.
 shopt -s inherit_errexit
@@ -101,7 +102,9 @@ build() {
   shift 2
   local log="$LOGS/${image//[:\/]/_}.log"
   say "building $image (log: $log)"
-  if ! DOCKER_BUILDKIT=1 "$CLI" build --progress=plain -f "$dockerfile" -t "$image" \
+  local no_cache=()
+  [[ ${GPUFLEET_NO_CACHE:-} != 1 ]] || no_cache=(--no-cache)
+  if ! DOCKER_BUILDKIT=1 "$CLI" build --progress=plain "${no_cache[@]}" -f "$dockerfile" -t "$image" \
     --build-arg PYTHON_IMAGE="$BASE" --build-arg REVISION="$REVISION" --build-arg PIP_NO_INDEX=1 "$@" . \
     >"$log" 2>&1; then
     tail -n 40 "$log" >&2
