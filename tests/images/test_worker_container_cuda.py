@@ -21,7 +21,7 @@ CUDA_LIBRARIES = {
     "libcublas.so.12", "libcublasLt.so.12", "libcufft.so.11", "libcurand.so.10", "libcusolver.so.11",
     "libcusparse.so.12", "libnvJitLink.so.12", "libnvrtc.so.12", "libnvrtc-builtins.so.12.9",
 }  # fmt: skip
-NO_DRIVER = "no NVIDIA driver: libcuda.so.1 cannot be loaded in this container"
+NO_DRIVER = "no NVIDIA driver: libcuda.so.1 cannot be loaded. A container gets it from its node"
 
 
 def cupy_pin() -> str:

@@ -32,8 +32,8 @@ _OOM_MARKERS = ("out of memory", "ALLOC_FAILED", "cudaErrorMemoryAllocation")
 
 NO_CUPY = "CuPy is not installed (No module named 'cupy'): GPU fleets need the worker image's cuda variant"
 NO_DRIVER = (
-    "no NVIDIA driver: libcuda.so.1 cannot be loaded in this container. The driver comes from the node: "
-    "the NVIDIA device plugin mounts it into pods that request a GPU (docker: --gpus, NVIDIA container toolkit)"
+    "no NVIDIA driver: libcuda.so.1 cannot be loaded. A container gets it from its node: the NVIDIA device "
+    "plugin mounts it into pods that request a GPU (docker: --gpus, with the NVIDIA container toolkit)"
 )
 
 
