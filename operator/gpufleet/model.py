@@ -6,6 +6,7 @@ one Snapshot per fleet; the policy and the plan read nothing else. No I/O here, 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +29,8 @@ __all__ = [
 
 _EMPTY: Mapping = MappingProxyType({})
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # read by the ReplicaSet controller
+BUSY_LABEL = "gpufleet.dev/busy"  # "true" on pods running a task: the busy PodDisruptionBudget selects them
+KARPENTER_MANAGED_COST = "karpenter.sh/managed-deletion-cost"  # Karpenter's PodDeletionCostManagement marks its own
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,21 @@ class Reading:
 
     queues: Mapping[str, Depth]
     workers: Mapping[str, WorkerState]  # pod name -> state, live entries only
+    stale: tuple[str, ...] = ()  # entries that expired: their workers died, maybe holding messages
 
     @property
     def depth(self) -> Depth:
         return Depth(
             sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values())
         )
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """An RFC 3339 timestamp as the API serves it (2026-01-02T03:04:05Z) in epoch seconds; None if unreadable."""
+    try:
+        return dt.datetime.fromisoformat(stamp).timestamp() if stamp else None
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,22 +77,33 @@ class Pod:
     unschedulable: bool  # PodScheduled=False with reason Unschedulable: no node has room (no free GPU)
     terminating: bool
     deletion_cost: str | None
+    protected: bool = False  # labelled busy: the busy PodDisruptionBudget and the autoscalers' annotations hold it
+    failed: bool = False  # phase Failed (evicted, for one): its worker is gone though the object stays
+    cost_contested: bool = False  # another controller (Karpenter) manages its pod-deletion-cost
+    created: float | None = None  # metadata.creationTimestamp (epoch seconds): start-up is measured from it
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Pod:
         meta = obj["metadata"]
         conditions = (obj.get("status") or {}).get("conditions") or []
+        annotations = meta.get("annotations") or {}
         return cls(
             name=meta["name"],
             scheduled=bool((obj.get("spec") or {}).get("nodeName")),
-            unschedulable=any(
+            # Held by a scheduling gate (Kueue and other admission controllers) is as pending as unplaceable.
+            unschedulable=bool((obj.get("spec") or {}).get("schedulingGates"))
+            or any(
                 c.get("type") == "PodScheduled"
                 and c.get("status") == "False"
                 and c.get("reason") == "Unschedulable"
                 for c in conditions
             ),
             terminating=bool(meta.get("deletionTimestamp")),
-            deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
+            deletion_cost=annotations.get(DELETION_COST),
+            protected=(meta.get("labels") or {}).get(BUSY_LABEL) == "true",
+            failed=(obj.get("status") or {}).get("phase") == "Failed",
+            cost_contested=KARPENTER_MANAGED_COST in annotations,
+            created=_epoch(meta.get("creationTimestamp")),
         )
 
 
@@ -124,6 +147,13 @@ class Observation:
     schedulable: int | None = None  # the most pods the cluster can run now, surge included
     budget: int | None = None  # the most pods this fleet's share of a fleet-wide GPU budget allows
     throughput: float | None = None  # measured tasks per second per worker, for drainWithinSeconds
+    # What the fleet's own work measures (gpufleet.throughput), for targetWaitSeconds: None until measured.
+    arrival_rate: float | None = None  # tasks per second into the fleet's queues
+    service_s: float | None = None  # seconds one task holds a worker slot
+    startup_s: float | None = None  # seconds from a pod's creation to its worker taking tasks
+    slots: int = 1  # tasks one worker pod runs at once
+    ready: int | None = None  # worker pods whose worker takes tasks (None: not known)
+    starting: tuple[float, ...] = ()  # ages in seconds of the worker pods whose worker has not started yet
 
 
 @dataclass(frozen=True)
@@ -142,6 +172,7 @@ class Snapshot:
     broker_error: str | None = None  # why the broker could not be read, when it could not
     deployment: Deployment | None = None  # None: it does not exist (not yet, or deleted by hand)
     pods: Mapping[str, Pod] = field(default_factory=lambda: _EMPTY)
+    gone: frozenset[str] = frozenset()  # pods deleted lately: their workers' entries may still name messages
 
     @property
     def key(self) -> tuple[str, str]:

@@ -14,12 +14,12 @@ from typing import Any
 
 from gpufleet import status as st
 from gpufleet.budget import Claim, Share, divide
-from gpufleet.model import Observation, Snapshot
+from gpufleet.model import KARPENTER_MANAGED_COST, Observation, Snapshot
 from gpufleet.policy import Decision, History, decide, demand, seeded
-from gpufleet.resources import deployment, deployment_name
+from gpufleet.resources import busy_pdb, deployment, deployment_name
 from gpufleet.scalein import changed_annotations, deletion_costs, idle_pods
 from gpufleet.spec import QueueSpec
-from gpufleet.throughput import Meter, measure
+from gpufleet.throughput import Meter, measure, resumed
 
 MAX_BACKOFF_SECONDS = 30.0
 Key = tuple[str, str]
@@ -47,6 +47,7 @@ class FleetState:
     rejected: tuple[int, str] | None = None  # (generation, the API's message) of a Deployment it refused
     warned: frozenset[str] = frozenset()  # Warning Events posted and still true, each posted once
     written: Mapping[str, Any] = field(default_factory=dict)  # the status as last written
+    written_at: float = -math.inf  # when it was written
     last_scale_time: str | None = None
 
     @classmethod
@@ -82,6 +83,15 @@ class Plan:
     status: dict[str, Any] | None  # the merge patch of the status; None when nothing changed
     gauges: Gauges
     state: FleetState  # what the fleet carries into the next tick once this plan is written
+    pdb: dict[str, Any] | None = None  # the busy workers' PodDisruptionBudget, applied with the Deployment
+    protect: Mapping[str, bool] = field(default_factory=dict)  # pod -> protect (busy) or release (idle)
+    # Workers whose messages go back to their queues: (pod, only if its entry is still expired).
+    restore: tuple[tuple[str, bool], ...] = ()
+
+
+# A worker idle this long loses its protection; a steady stream of short tasks keeps it protected, so the
+# protection is written when a worker starts or stops working, not at every task.
+RELEASE_AFTER_IDLE_SECONDS = 10.0
 
 
 def plan_tick(
@@ -134,17 +144,26 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
         state = replace(state, history=history, failures=failures, next_probe=snap.now + backoff)
         obs = Observation(now=snap.now, depth=None, current=current)
         return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
-    meter = measure(state.meter, snap.reading.workers, snap.now)
-    pods = snap.pods
+    pods, workers = snap.pods, snap.reading.workers
+    live = {name: p for name, p in pods.items() if not p.terminating}
+    created = {name: p.created for name, p in live.items() if p.created is not None}
+    meter = resumed(state.meter, state.written.get("startupSeconds"))
+    meter = measure(meter, workers, snap.now, snap.reading.depth.total, created)
     blocked = any(p.unschedulable and not p.terminating for p in pods.values())
     scheduled = sum(1 for p in pods.values() if p.scheduled and not p.terminating)
     obs = Observation(
         now=snap.now,
         depth=snap.reading.depth,
         current=current,
-        idle_workers=len(idle_pods(pods, snap.reading.workers)) if pods else None,
+        idle_workers=len(idle_pods(pods, workers)) if pods else None,
         schedulable=scheduled + spec.scaling.gpu_surge if blocked else None,
         throughput=meter.rate,
+        arrival_rate=meter.arrival_rate,
+        service_s=meter.service_s,
+        startup_s=meter.startup_s,
+        slots=spec.worker.slots,
+        ready=sum(1 for name in live if name in workers) if pods else None,
+        starting=tuple(snap.now - t for name, t in created.items() if name not in workers),
     )
     state = replace(state, history=history, meter=meter, failures=0, next_probe=snap.now + poll)
     return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
@@ -159,13 +178,14 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     current = snap.deployment.replicas if snap.deployment else None
 
     rejected = state.rejected if state.rejected and state.rejected[0] == snap.generation else None
-    body, annotations, scale_event = None, {}, None
+    body, pdb, annotations, scale_event = None, None, {}, None
     if spec is not None and rejected is None:
         replicas = (
             decision.replicas if decision else current if current is not None else spec.scaling.min_replicas
         )
         if current is None or replicas != current or state.applied_generation != snap.generation:
             body = deployment(spec, namespace=snap.namespace, name=snap.name, uid=snap.uid, replicas=replicas)
+            pdb = busy_pdb(namespace=snap.namespace, name=snap.name, uid=snap.uid)
         if decision and current is not None and decision.replicas != current:
             up = decision.replicas > current
             scale_event = Event("Normal", "ScaledUp" if up else "ScaledDown", decision.reason)
@@ -182,25 +202,65 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
         generation=snap.generation, conditions=rendered, deployment=deployment_name(snap.name),
         replicas=snap.deployment, gpus_per_pod=spec.worker.gpus if spec else 0, reading=snap.reading,
         pods=snap.pods, throughput=throughput, share=share, budget=gpu_budget, decision=decision,
-        last_scale_time=last_scale,
+        last_scale_time=last_scale, arrival_rate=state.meter.arrival_rate, service_s=state.meter.service_s,
+        startup_s=state.meter.startup_s,
     )  # fmt: skip
+    patch = st.merge_patch(state.written, status)
+    if patch is not None and st.only_figures_changed(state.written, status):
+        if snap.now - state.written_at < st.REFRESH_SECONDS:
+            patch = None
     new_state = replace(
         state,
         decision=decision or state.decision,
         applied_generation=snap.generation if body is not None else state.applied_generation,
         warned=warned,
-        written=status,
+        written=status if patch is not None else state.written,
+        written_at=snap.now if patch is not None else state.written_at,
         last_scale_time=last_scale,
     )
     return Plan(
         deployment=body,
+        pdb=pdb,
+        protect=_protection(snap) if spec is not None else {},
+        restore=_orphans(snap),
         annotations=annotations,
         scale_event=scale_event,
         events=events,
-        status=st.merge_patch(state.written, status),
+        status=patch,
         gauges=_gauges(snap, decision, current),
         state=new_state,
     )
+
+
+def _orphans(snap: Snapshot) -> tuple[tuple[str, bool], ...]:
+    """Workers that are gone while their entry may still name messages: pods seen deleted or failed (put back
+    at once), and entries that expired (put back if still expired when the script runs)."""
+    if snap.reading is None:
+        return ()
+    failed = {name for name, pod in snap.pods.items() if pod.failed}
+    dead = sorted(set(snap.reading.workers) & (snap.gone | failed))
+    return tuple((name, False) for name in dead) + tuple(
+        (n, True) for n in snap.reading.stale if n not in dead
+    )
+
+
+def _protection(snap: Snapshot) -> dict[str, bool]:
+    """Pods whose protection from eviction and consolidation should change: on as soon as their worker is busy,
+    off once it has been idle for RELEASE_AFTER_IDLE_SECONDS (or has no entry: not started, or gone)."""
+    if snap.reading is None:
+        return {}  # not known: change nothing
+    out = {}
+    for name, pod in snap.pods.items():
+        if pod.terminating:
+            continue
+        w = snap.reading.workers.get(name)
+        if w is not None and w.busy:
+            want = True
+        else:
+            want = w is not None and pod.protected and snap.now - w.since < RELEASE_AFTER_IDLE_SECONDS
+        if want != pod.protected:
+            out[name] = want
+    return out
 
 
 def _problem(snap: Snapshot, rejected: tuple[int, str] | None) -> tuple[str, str] | None:
@@ -241,6 +301,16 @@ def _conditions(snap: Snapshot, decision: Decision | None, rejected) -> list[st.
         ready = st.Condition(st.READY, True, "Scaling", "the worker Deployment is applied and scaled from the broker",
                              generation=snap.generation)  # fmt: skip
     out = [broker, ready]
+    if snap.spec is not None:
+        if any(pod.cost_contested for pod in snap.pods.values()):
+            out.append(st.Condition(st.SCALE_IN_PROTECTED, False, "DeletionCostContested",
+                                    f"another controller manages the pod-deletion-cost of this fleet's pods "
+                                    f"({KARPENTER_MANAGED_COST}: Karpenter's PodDeletionCostManagement), so a "
+                                    "scale-in may remove busy workers; turn that feature off for these pods"))  # fmt: skip
+        else:
+            out.append(st.Condition(st.SCALE_IN_PROTECTED, True, "Protected",
+                                    "busy workers are kept from eviction (busy PodDisruptionBudget) and node "
+                                    "consolidation, and a scale-in removes idle workers first"))  # fmt: skip
     if decision is not None:
         limited = decision.limited_by
         out.append(
@@ -278,6 +348,11 @@ def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetStat
         warned.add(key)
         if key not in state.warned:
             events.append(Event("Warning", ready.reason, ready.message))
+    guard = by_type.get(st.SCALE_IN_PROTECTED)
+    if guard is not None and guard.status is False:
+        warned.add(guard.reason)
+        if guard.reason not in state.warned:
+            events.append(Event("Warning", guard.reason, guard.message))
     return tuple(events), frozenset(warned)
 
 

@@ -6,11 +6,17 @@ timer and the simulator both call `decide`, so what the simulator shows is what 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from gpufleet.model import Depth, Observation
 from gpufleet.spec import ScalingSpec
+
+# Under the wait target, changes less than this share of the measured start-up apart are gathered into one step:
+# a pod asked that much later is ready that much later (a quarter of what a new pod makes its tasks wait anyway),
+# and a pod already due to go that goes that much later idles no longer than a quarter of a start-up.
+GATHER_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,9 @@ class History:
 
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, recommendation) within the longest window
     last_busy: float | None = None  # last time anything was queued or running
+    last_down: float | None = None  # last time the replicas were lowered
+    down_cut: bool = False  # that scale-down stopped above the recommendation: more pods are due to go
+    last_up: float | None = None  # last time the replicas were raised
 
 
 def seeded(now: float, current: int) -> History:
@@ -64,8 +73,153 @@ def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: flo
             wanted,
             f"{seen}, {obs.throughput:.2g} tasks/s per worker, drain within {spec.drain_within_seconds}s",
         )
+    if _sized_for_wait(spec, obs):
+        wanted, why = size_for_wait(spec, obs, depth)
+        return wanted, f"{seen}, {why}"
     wanted = math.ceil(load / spec.target_tasks_per_replica)
     return wanted, f"{seen}, target {spec.target_tasks_per_replica} per replica"
+
+
+def _fmt(x: float) -> str:
+    """A measured figure to two significant digits, so that a reason changes only when a figure does."""
+    return f"{x:.2g}" if x < 100 else f"{x:.0f}"
+
+
+@dataclass(frozen=True)
+class _Fleet:
+    """The fleet as a fluid model sees it over the next minutes: each ready slot starts one task every
+    `service_s`, an idle slot one at once; a pod not ready yet starts `slots` tasks when it is, then as many
+    every `service_s`."""
+
+    ready: int  # pods whose workers take tasks
+    idle_slots: int
+    later: tuple[float, ...]  # for each pod still starting, seconds until it takes tasks, soonest first
+    slots: int
+    service_s: float
+    new: int = 0  # pods not asked for yet, each taking tasks after `startup_s`
+    startup_s: float = 0.0
+
+    def starts(self, t: float, before: float | None = None) -> float:
+        """Tasks started within t seconds (`before`: counting only the pods ready strictly before it)."""
+        k, s = self.slots, self.service_s
+
+        def counted(e: float) -> bool:
+            return e <= t and (before is None or e < before)
+
+        n = self.idle_slots + self.ready * k * t / s
+        n += sum(k * (1 + (t - e) / s) for e in self.later if counted(e))
+        if self.new and counted(self.startup_s):
+            n += self.new * k * (1 + (t - self.startup_s) / s)
+        return n
+
+    def starts_in_time(self, queued: int, arrival_rate: float, wait: float, lead: float) -> bool:
+        """Whether every queued task, and every task arriving within the next `lead` seconds, starts within
+        `wait` seconds of its arrival. Checked where the fluid comes closest: at `wait`, just before each later
+        pod is ready, and at the end of the lead."""
+        if self.starts(wait) < queued:
+            return False
+        moments = {e for e in self.later if wait < e < wait + lead}
+        if self.new and wait < self.startup_s < wait + lead:
+            moments.add(self.startup_s)
+        if arrival_rate > 0:
+            moments.add(wait + lead)
+        return all(self.starts(t, before=t) >= queued + arrival_rate * (t - wait) for t in moments)
+
+    def first(self, pods: int) -> _Fleet:
+        """The fleet with only its first `pods` pods: ready ones before the others, and among those the busy
+        ones first (a scale-in removes idle pods)."""
+        ready = min(self.ready, pods)
+        busy = self.ready * self.slots - self.idle_slots
+        idle = max(0, min(self.idle_slots, ready * self.slots - busy))
+        return _Fleet(ready, idle, self.later[: max(0, pods - ready)], self.slots, self.service_s)
+
+    def plus(self, pods: int, startup_s: float) -> _Fleet:
+        return _Fleet(self.ready, self.idle_slots, self.later, self.slots, self.service_s, pods, startup_s)
+
+
+def _least(low: int, high: int, ok) -> int | None:
+    """The least n in [low, high] with ok(n), for ok monotone in n; None when ok(high) is false."""
+    if high < low or not ok(high):
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def _sized_for_wait(spec: ScalingSpec, obs: Observation) -> bool:
+    """Whether the wait target sizes the fleet: it is not turned off (0), drainWithinSeconds is not set, and
+    the fleet's service time and start-up have been measured."""
+    on = spec.target_wait_seconds != 0 and not spec.drain_within_seconds
+    return on and bool(obs.service_s) and obs.startup_s is not None
+
+
+def wait_target(spec: ScalingSpec, service_s: float, startup_s: float) -> float:
+    """targetWaitSeconds, or by default the longer of a pod's start-up and a task's service time: a task need
+    not wait less than a new pod takes to start (only idle pods kept on the off chance could do better), nor
+    less than its own run when that is longer (a busy worker frees up within about that long)."""
+    return spec.target_wait_seconds or max(startup_s, service_s)
+
+
+def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[int, str] | None:
+    """Workers for the wait target, from the fleet's measured service time, start-up and arrival rate; None
+    while the first two are unmeasured (or the target is off): then targetTasksPerReplica sizes the fleet.
+
+    The larger of two counts:
+    - the backlog: the fewest pods with which every queued task, and every task arriving meanwhile, starts
+      within the target (a fluid model: `_Fleet`), counting the pods that are ready, then those still starting,
+      then new ones, each from when it can take tasks (a new one after the measured start-up). A pod still
+      starting that will find a task waiting when it is ready is kept: its start-up is spent. New pods are
+      asked for only if each is worth what it costs beyond its work, its start-up and the scale-down window it
+      idles through at the end: no more than would clear the backlog left when they are ready within that
+      long (so none that would be ready after the backlog it was meant for is gone), but at least enough for
+      the backlog to shrink. When no number of new pods meets the target (it is shorter than a start-up), that
+      bound alone sizes them.
+    - the steady load (Little's law: arrival rate x service time, in busy slots), rounded to the nearest pod:
+      a pod the load keeps busy at least half the time is not removed. It keeps pods; it never adds one.
+    """
+    if not _sized_for_wait(spec, obs):
+        return None
+    service, startup, arrival = obs.service_s, obs.startup_s, obs.arrival_rate or 0.0
+    wait = wait_target(spec, service, startup)
+    k, queued, current = obs.slots, depth.queued, obs.current
+    ready = current if obs.ready is None else min(obs.ready, current)
+    ages = sorted(obs.starting, reverse=True)[: current - ready]
+    ages += [0.0] * (current - ready - len(ages))  # asked for, not created yet
+    later = tuple(sorted(max(0.0, startup - age) for age in ages))
+    fleet = _Fleet(ready, max(0, ready * k - depth.reserved), later, k, service)
+
+    if fleet.starts_in_time(queued, arrival, wait, startup):
+        backlog = _least(0, current, lambda n: fleet.first(n).starts_in_time(queued, arrival, wait, startup))
+        finding = [e for e in fleet.later if queued + arrival * e - fleet.starts(e, before=e) >= 1]
+        if finding:
+            backlog = max(backlog, ready + len(finding))
+        how = f"start them within {_fmt(wait)}s"
+    else:
+        left = max(0.0, queued + arrival * startup - fleet.starts(startup, before=startup))
+        overhead = max(startup + spec.scale_down_stabilization_seconds, 1.0)
+        worth = math.floor((left / overhead + arrival) * service / k) - current
+        shrinks = math.floor(arrival * service / k) + 1 - current if left > 0 else 0
+        new = min(math.ceil(left / k), max(worth, shrinks, 0))
+        enough = _least(
+            1, new, lambda n: fleet.plus(n, startup).starts_in_time(queued, arrival, wait, startup)
+        )
+        backlog = current + (new if enough is None else enough)
+        how = (
+            f"start them within {_fmt(wait)}s"
+            if enough is not None
+            else f"start them as soon as new pods are worth their start-up (target {_fmt(wait)}s)"
+        )
+    steady = min(math.floor(arrival * service / k + 0.5), current)
+    wanted = max(backlog, steady)
+    why = (
+        f"{_fmt(arrival)} tasks/s arriving, {_fmt(service)}s per task, {_fmt(startup)}s start-up: "
+        f"{_plural(wanted, 'pod')} {how}"
+    )
+    return wanted, why
 
 
 def _window(history: tuple[tuple[float, int], ...], now: float, seconds: float) -> list[int]:
@@ -99,12 +253,15 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
         )
 
     depth = obs.depth
+    paced = _sized_for_wait(spec, obs)
     last_busy = _last_busy(obs, history)
     wanted, why = _recommend(spec, obs, depth, last_busy)
     recommendation = min(max(wanted, spec.min_replicas), spec.max_replicas)
     longest = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     kept = tuple((t, r) for t, r in history.recommendations if t >= obs.now - longest)
-    new_history = History(kept + ((obs.now, recommendation),), last_busy)
+    new_history = dataclasses.replace(
+        history, recommendations=kept + ((obs.now, recommendation),), last_busy=last_busy
+    )
 
     limited_by, held = (
         ("maxReplicas", f"maxReplicas {spec.max_replicas}") if wanted > spec.max_replicas else (None, None)
@@ -114,18 +271,32 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
         floor = min(_window(new_history.recommendations, obs.now, spec.scale_up_stabilization_seconds))
         # An older, lower recommendation in the window can hold a scale-up back, never turn it into a scale-down.
         target = max(current, min(floor, current + spec.max_step_up))
+        gather = obs.startup_s * GATHER_SHARE if paced else 0.0
         if floor < recommendation:
             limited_by = "scaleUpStabilization"
             held = f"the lowest recommendation of the last {spec.scale_up_stabilization_seconds}s"
+        elif current > 0 and history.last_up is not None and obs.now - history.last_up < gather:
+            # Pods asked a few seconds apart are ready a few seconds apart: gather them into one step.
+            target = current
+            limited_by, held = "scaleUpStabilization", f"new pods asked at most every {_fmt(gather)}s"
         elif target < recommendation:
             limited_by, held = "maxStepUp", f"at most {spec.max_step_up} added at once"
     elif recommendation < current:
-        ceiling = max(_window(new_history.recommendations, obs.now, spec.scale_down_stabilization_seconds))
+        window = spec.scale_down_stabilization_seconds
+        ceiling = max(_window(new_history.recommendations, obs.now, window))
         target = min(current, max(ceiling, current - spec.max_step_down))
-        if ceiling > recommendation:
-            held = f"the highest recommendation of the last {spec.scale_down_stabilization_seconds}s"
+        since_down = None if history.last_down is None else obs.now - history.last_down
+        # Under the wait target, pods that go idle at different times leave together: after a scale-down down to
+        # the recommendation, the next waits a whole window; after one held above it (by the window, busy
+        # workers or maxStepDown), the pods already due go as they come free, gathered like new pods.
+        pause = (obs.startup_s * GATHER_SHARE if history.down_cut else window) if paced else 0.0
+        if since_down is not None and since_down < pause:
+            target = current
+            limited_by, held = "scaleDownStabilization", f"pods removed at most every {_fmt(pause)}s"
+        elif ceiling > recommendation:
+            limited_by, held = "scaleDownStabilization", f"the highest recommendation of the last {window}s"
         elif target > recommendation:
-            held = f"at most {spec.max_step_down} removed at once"
+            limited_by, held = "maxStepDown", f"at most {spec.max_step_down} removed at once"
         if obs.idle_workers is not None and target < current - obs.idle_workers:
             target = current - obs.idle_workers
             limited_by, held = (
@@ -154,4 +325,9 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
     reason = f"{head}: {why}"
     if held and (target != recommendation or limited_by == "maxReplicas"):
         reason += f"; recommended {recommendation}, held by {held}"
+    if target < current:
+        cut = target > recommendation
+        new_history = dataclasses.replace(new_history, last_down=obs.now, down_cut=cut)
+    if target > current:
+        new_history = dataclasses.replace(new_history, last_up=obs.now)
     return Decision(target, reason, recommendation, new_history, limited_by)

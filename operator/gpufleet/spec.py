@@ -101,6 +101,7 @@ class ScalingSpec:
     idle_seconds_before_zero: int = 300
     paused: bool = False
     drain_within_seconds: int | None = None
+    target_wait_seconds: int | None = None  # None: automatic (policy.wait_target); 0: off
     gpu_surge: int = 0
     priority: int = 0
     weight: int = 1
@@ -199,6 +200,7 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
             idle_seconds_before_zero=sc["idleSecondsBeforeZero"],
             paused=sc["paused"],
             drain_within_seconds=sc.get("drainWithinSeconds"),
+            target_wait_seconds=sc.get("targetWaitSeconds"),
             gpu_surge=sc["gpuSurge"],
             priority=sc["priority"],
             weight=sc["weight"],

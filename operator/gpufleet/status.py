@@ -64,6 +64,27 @@ def camel(word: str) -> str:
     return word[:1].upper() + word[1:]
 
 
+# What a status must show at once; the rest (depths, busy and idle counts, measured rates, the decision's wording)
+# are live figures, refreshed at most every REFRESH_SECONDS while nothing else changes: a fleet under load would
+# otherwise patch its status at every poll.
+AT_ONCE = ("observedGeneration", "deployment", "replicas", "readyReplicas", "gpus", "desiredReplicas",
+           "pendingPods", "lastScaleTime")  # fmt: skip
+REFRESH_SECONDS = 5.0
+
+
+def _essence(status: Mapping[str, Any]) -> tuple:
+    conditions = tuple(
+        (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or ()
+    )
+    share = (status.get("gpuShare") or {}).get("gpus")
+    return tuple(status.get(k) for k in AT_ONCE) + (conditions, share)
+
+
+def only_figures_changed(written: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """True when `status` differs from what was written in its live figures alone."""
+    return _essence(written) == _essence(status)
+
+
 def merge_patch(written: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any] | None:
     """The merge patch from what was written to `status`; None when they are equal. A merge patch keeps the
     keys it does not name, so what is no longer there (a key, a queue) is named with None."""
@@ -90,6 +111,9 @@ def body(
     budget: int | None,
     decision: Decision | None,
     last_scale_time: str | None,
+    arrival_rate: float | None = None,
+    service_s: float | None = None,
+    startup_s: float | None = None,
 ) -> dict[str, Any]:
     """The status subresource of one GpuTaskQueue, from what was observed and decided in one tick."""
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
@@ -112,6 +136,9 @@ def body(
         }
         if throughput is not None:
             status["throughput"] = f"{throughput:.2g}"
+    # What the wait target sizes by, kept while the broker is away (the start-up is read back after a restart).
+    load = {"arrivalRate": arrival_rate, "serviceSeconds": service_s, "startupSeconds": startup_s}
+    status |= {key: f"{v:.2g}" if v < 100 else f"{v:.0f}" for key, v in load.items() if v is not None}
     if share is not None:
         status["gpuShare"] = {"gpus": share.gpus, "budget": budget, "reason": share.reason}
     if decision is not None:

@@ -171,9 +171,9 @@ def test_a_restarted_operator_continues_from_the_written_status():
 
 def test_a_queue_no_longer_listed_is_removed_from_the_status():
     first = step(snap(queued=1))
-    two = replace(snap(now=101, queued=1), reading=Reading({"gpu": Depth(1, 0), "old": Depth(0, 0)}, {}))
+    two = replace(snap(now=110, queued=1), reading=Reading({"gpu": Depth(1, 0), "old": Depth(0, 0)}, {}))
     second = step(two, first.state)
-    third = step(snap(now=102, queued=1), second.state)
+    third = step(snap(now=120, queued=1), second.state)
     assert third.status["queues"] == {"old": None, "gpu": {"queued": 1, "reserved": 0}}
 
 
@@ -206,3 +206,111 @@ def test_budget_demand_and_decision_come_from_one_pass(monkeypatch):
 def test_gauges(reading, replicas, expected):
     g = step(snap(replicas=replicas, reading=reading, broker_error=None if reading else "down")).gauges
     assert {k: getattr(g, k) for k in expected} == expected
+
+
+def test_the_messages_of_deleted_failed_and_expired_workers_go_back():
+    workers = {n: WorkerState(True, 90, 200, 1) for n in ("deleted", "failed", "running")}
+    pods = {
+        "failed": Pod("failed", True, False, False, None, failed=True),
+        "running": Pod("running", True, False, False, None),
+    }
+    reading = Reading({"gpu": Depth(0, 3)}, workers, stale=("expired",))
+    p = step(snap(replicas=2, reading=reading, pods=pods, gone=frozenset({"deleted", "long-gone"})))
+    # Seen deleted or failed: at once; expired: only if still expired when the script runs.
+    assert p.restore == (("deleted", False), ("failed", False), ("expired", True))
+    assert (
+        step(snap(replicas=2, reading=None, broker_error="down", gone=frozenset({"deleted"}))).restore == ()
+    )
+
+
+def test_busy_workers_are_protected_at_once_and_released_after_a_quiet_spell():
+    def at(now, busy, since, protected):
+        pods = {"w": Pod("w", True, False, False, None, protected=protected)}
+        reading = Reading({"gpu": Depth(0, int(busy))}, {"w": WorkerState(busy, since, now + 15, int(busy))})
+        return step(
+            snap(now=now, reading=reading, pods=pods), FleetState(uid="u1", applied_generation=1)
+        ).protect
+
+    assert at(100, busy=True, since=99, protected=False) == {"w": True}
+    assert at(101, busy=True, since=99, protected=True) == {}  # a worker that stays busy costs no write
+    assert at(105, busy=False, since=104, protected=True) == {}  # idle between two short tasks: kept
+    assert at(120, busy=False, since=104, protected=True) == {"w": False}
+    assert at(120, busy=False, since=104, protected=False) == {}
+    gone = step(snap(pods={"w": Pod("w", True, False, False, None, protected=True)})).protect
+    assert gone == {"w": False}  # no entry any more: nothing to protect
+
+
+def test_another_writer_of_deletion_costs_is_shown_once():
+    pods = {"w": Pod("w", True, False, False, None, cost_contested=True)}
+    p = step(snap(pods=pods))
+    c = conditions(p)["ScaleInProtected"]
+    assert (c["status"], c["reason"]) == ("False", "DeletionCostContested") and "karpenter" in c["message"]
+    assert [e.reason for e in p.events] == ["DeletionCostContested"]
+    assert step(snap(now=101, pods=pods), p.state).events == ()
+    assert conditions(step(snap(now=102), p.state))["ScaleInProtected"]["status"] == "True"
+
+
+def test_the_busy_pdb_is_applied_with_the_deployment():
+    p = step(snap(deployment=None))
+    assert p.pdb["kind"] == "PodDisruptionBudget" and p.pdb["spec"]["maxUnavailable"] == 0
+    assert p.pdb["spec"]["selector"]["matchLabels"]["gpufleet.dev/busy"] == "true"
+    assert step(snap(queued=1), p.state).pdb is None
+
+
+def test_live_figures_are_refreshed_every_few_seconds_and_changes_that_matter_at_once():
+    first = step(snap(queued=3, replicas=3), FleetState(uid="u1", applied_generation=1))
+    assert first.status is not None
+    # Two of the three tasks started: the same load, other figures (and another wording of the reason).
+    started = step(snap(now=101, queued=1, reserved=2, replicas=3), first.state)
+    assert started.status is None and started.state.written == first.state.written  # figures alone: not yet
+    later = step(snap(now=106, queued=1, reserved=2, replicas=3), started.state)
+    assert later.status["reserved"] == 2 and later.state.written_at == 106
+    ready = step(snap(now=107, queued=1, reserved=2, deployment=Deployment(3, 3, 2)), later.state)
+    assert ready.status is not None and ready.status["readyReplicas"] == 2  # the fleet changed: at once
+
+
+def test_the_wait_target_gets_the_measured_start_up_service_time_and_arrivals_and_the_status_shows_them():
+    # Pod "a" was created at 40 and its worker started at 95; it finishes a task in 10 s while the queue grows.
+    pods = {
+        "a": Pod("a", True, False, False, None, created=40.0),
+        "b": Pod("b", True, False, False, None, created=98.0),
+    }
+    state = FleetState(uid="u1", applied_generation=1)
+    busy = {"a": WorkerState(True, 95.0, 300.0, active=1, done=0)}
+    first = step(snap(now=100, queued=2, reserved=1, replicas=2, workers=busy, pods=pods), state)
+    assert first.state.meter.startup_s == 55.0 and first.status["startupSeconds"] == "55"
+    done = {"a": WorkerState(True, 108.0, 300.0, active=1, done=1)}
+    second = step(snap(now=110, queued=4, reserved=1, replicas=2, workers=done, pods=pods), first.state)
+    meter = second.state.meter
+    assert meter.service_s == 10.0  # one task running for 10 s, one finished
+    assert meter.arrived == 3.0  # one finished, and queued + reserved grew by 2
+    assert second.state.written["serviceSeconds"] == "10"
+    assert (
+        "55s start-up" in second.state.written["reason"] and "10s per task" in second.state.written["reason"]
+    )
+
+
+def test_the_observation_counts_ready_and_starting_pods_and_slots(monkeypatch):
+    seen = []
+    real = plan_module.decide
+
+    def spy(spec, obs, history):
+        seen.append(obs)
+        return real(spec, obs, history)
+
+    monkeypatch.setattr(plan_module, "decide", spy)
+    pods = {
+        "up": Pod("up", True, False, False, None, created=10.0),
+        "new": Pod("new", True, False, False, None, created=90.0),
+        "going": Pod("going", True, False, True, None, created=5.0),
+    }
+    workers = {"up": WorkerState(False, 50.0, 300.0), "going": WorkerState(False, 50.0, 300.0)}
+    step(snap(now=100, replicas=2, workers=workers, pods=pods), FleetState(uid="u1", applied_generation=1))
+    (obs,) = seen
+    assert (obs.ready, obs.starting, obs.slots) == (1, (10.0,), 1)
+
+
+def test_a_restarted_operator_reads_the_start_up_back_from_the_status():
+    state = FleetState.first("u1", {"startupSeconds": "62", "reason": "x"})
+    p = step(snap(now=100, queued=1), replace(state, applied_generation=1))
+    assert p.state.meter.startup_s == 62.0

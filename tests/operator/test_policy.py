@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -113,7 +114,7 @@ TABLE = [
         Observation(100, Depth(0, 2), 5),
         hist((30, 5), (90, 4)),
         4,
-        None,
+        "scaleDownStabilization",
         ["scale down 5 -> 4", "highest recommendation of the last 60s"],
     ),
     (
@@ -122,7 +123,7 @@ TABLE = [
         Observation(200, Depth(0, 2), 5),
         hist((100, 5), (150, 2)),
         2,
-        None,
+        "scaleDownStabilization",
         ["scale down 5 -> 2"],
     ),
     (
@@ -131,7 +132,7 @@ TABLE = [
         Observation(200, Depth(0, 2), 8),
         hist(),
         6,
-        None,
+        "maxStepDown",
         ["scale down 8 -> 6", "at most 2 removed"],
     ),
     (
@@ -374,3 +375,252 @@ def test_no_scale_down_while_work_grows(s, queued, reserved):
     assert d.replicas == current or d.replicas >= min(
         current, -(-(queued + reserved) // s.target_tasks_per_replica)
     )
+
+
+# ---- sizing by the wait target (targetWaitSeconds) ----------------------------------------------------------
+
+WAIT = spec(target_tasks_per_replica=1, activation_threshold=1, max_step_up=100, max_step_down=100)
+
+
+def measured(now, queued, running, current, *, service=20.0, startup=60.0, arrival=0.0, ready=None, **kw):
+    """An observation of a fleet whose service time, start-up and arrival rate are measured."""
+    return Observation(now, Depth(queued, running), current, service_s=service, startup_s=startup,
+                       arrival_rate=arrival, ready=current if ready is None else ready, **kw)  # fmt: skip
+
+
+# (case, spec, observation, expected recommendation, words the reason must contain)
+WAIT_TABLE = [
+    (
+        "a task at an empty fleet gets its first pod",
+        WAIT,
+        measured(100, 1, 0, 0),
+        1,
+        [
+            "1 queued + 0 running",
+            "0 tasks/s arriving, 20s per task, 60s start-up",
+            "1 pod start them within 60s",
+        ],
+    ),
+    (
+        "by default the target is the longer of a start-up and a task",
+        WAIT,
+        measured(100, 1, 0, 0, service=450),
+        1,
+        ["within 450s"],
+    ),
+    (
+        "busy workers that start the backlog within the target get no company",
+        WAIT,
+        # 4 busy workers start 4 tasks every 20 s: the 12 queued all start within 60 s.
+        measured(100, 12, 4, 4),
+        4,
+        ["4 pods start them within 60s"],
+    ),
+    (
+        "new pods for a backlog count from when they are ready",
+        spec(target_wait_seconds=180, max_replicas=30, max_step_up=100),
+        # 2 busy workers start 18 by 180 s; each new pod, ready at 60 s, starts 1 + 120/20 = 7 by then: the 82
+        # others need 12 new pods. What is left when they are ready (100 - 6) keeps floor(94/120 x 20) = 15
+        # pods busy for the 120 s a new pod costs (start-up + scale-down window): all 12 are worth it.
+        measured(100, 100, 2, 2, service=20, startup=60),
+        14,
+        ["14 pods start them within 180s"],
+    ),
+    (
+        "no more new pods than the backlog keeps busy for what they cost",
+        spec(target_wait_seconds=80, max_replicas=30, max_step_up=100),
+        # The target would need 16 new pods (each starts 2 by 80 s); the 34 tasks left when they are ready keep
+        # floor(34/120 x 20) = 5 pods busy for 120 s: 3 new.
+        measured(100, 40, 2, 2, service=20, startup=60),
+        5,
+        ["5 pods start them as soon as new pods are worth their start-up (target 80s)"],
+    ),
+    (
+        "no pod that would be ready after the backlog is gone",
+        spec(target_wait_seconds=30, max_step_up=100),
+        # 4 busy workers start 20 tasks by 50 s; a new pod would be ready at 60 s, too late for any of them.
+        measured(100, 20, 4, 4, service=10, startup=60),
+        4,
+        ["4 pods start them as soon as new pods are worth their start-up (target 30s)"],
+    ),
+    (
+        "expected arrivals count until the new pods are ready",
+        WAIT,
+        # Without arrivals one busy worker starts the 3 queued tasks within 60 s. At 0.2 tasks/s, 12 more arrive
+        # within the next start-up (60 s), and must start by 120 s: 15 tasks, of which the busy worker starts 6
+        # and each new pod 1 + 60/20 = 4: 3 new pods.
+        measured(100, 3, 1, 1, arrival=0.2),
+        4,
+        ["0.2 tasks/s arriving", "4 pods start them within 60s"],
+    ),
+    (
+        "a pod still starting that will find work stays",
+        spec(target_wait_seconds=400),
+        # 4 busy workers start the 3 queued tasks within 400 s, but the 5th pod, ready in 10 s, finds one.
+        Observation(
+            100, Depth(3, 4), 5, service_s=400, startup_s=60, arrival_rate=0, ready=4, starting=(50.0,)
+        ),
+        5,
+        ["5 pods start them within 400s"],
+    ),
+    (
+        "the steady load holds the pods it keeps busy at least half the time",
+        WAIT,
+        # 0.125 tasks/s x 20 s = 2.5 busy slots: 3 pods stay although one would start the lone task.
+        measured(100, 0, 1, 6, arrival=0.125),
+        3,
+        ["0.12 tasks/s arriving"],
+    ),
+    (
+        "tasks expected within a start-up add pods with nothing queued",
+        WAIT,
+        # 12 tasks arrive within the next 60 s; the busy worker starts 6 of them by 120 s, 3 new pods the rest.
+        measured(100, 0, 1, 1, arrival=0.2),
+        3,
+        ["3 pods start them within 60s"],
+    ),
+    (
+        "the steady load never adds a pod",
+        WAIT,
+        # 2.5 busy slots would hold 3 pods, but 2 start the expected arrivals in time: no third is asked for.
+        measured(100, 0, 1, 2, arrival=0.125),
+        2,
+        ["2 pods start them within 60s"],
+    ),
+    (
+        "slots per pod count",
+        spec(target_wait_seconds=60, max_step_up=100),
+        # 3 slots per pod: 2 busy pods start 6 tasks every 20 s, 18 by 60 s, so 18 queued need no new pod.
+        measured(100, 18, 6, 2, slots=3),
+        2,
+        ["2 pods start them within 60s"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "s", "obs", "expected", "words"), WAIT_TABLE, ids=[t[0] for t in WAIT_TABLE]
+)
+def test_wait_table(case, s, obs, expected, words):
+    d = decide(s, obs, History())
+    assert d.recommendation == expected, d.reason
+    for word in words:
+        assert word in d.reason, d.reason
+
+
+def test_until_measured_target_per_replica_sizes_the_fleet():
+    for missing in ({"service": None}, {"startup": None}):
+        d = decide(WAIT, measured(100, 7, 0, 0, **missing), History())
+        assert d.recommendation == 7 and "target 1 per replica" in d.reason
+
+
+def test_zero_turns_the_wait_target_off_and_drain_within_seconds_takes_its_place():
+    obs = measured(100, 12, 5, 5, throughput=0.05)
+    off = decide(dataclasses.replace(WAIT, target_wait_seconds=0, max_replicas=30), obs, History())
+    assert off.recommendation == 17 and "target 1 per replica" in off.reason
+    drain = decide(dataclasses.replace(WAIT, drain_within_seconds=100), obs, History())
+    assert drain.recommendation == math.ceil(17 / (0.05 * 100)) and "drain within 100s" in drain.reason
+
+
+def test_new_pods_are_gathered_into_one_step_per_quarter_of_a_start_up():
+    # Pods asked 5 s after others are ready 5 s after them: the next step waits until 15 s (a quarter of the
+    # 60 s start-up) have passed.
+    history = History(last_up=95.0)
+    d = decide(WAIT, measured(100, 40, 2, 2), history)
+    assert d.replicas == 2 and d.limited_by == "scaleUpStabilization"
+    assert "new pods asked at most every 15s" in d.reason
+    later = decide(WAIT, measured(110.5, 40, 2, 2), history)
+    assert later.replicas > 2 and later.history.last_up == 110.5
+    # The first pod of a fleet at zero is never held back.
+    assert decide(WAIT, measured(100, 1, 0, 0), history).replicas == 1
+
+
+def test_a_fleet_down_to_its_recommendation_waits_a_window_before_the_next_scale_down():
+    quiet = measured(100, 0, 1, 6, idle_workers=5)
+    after = decide(WAIT, quiet, History(last_down=70.0))
+    assert after.replicas == 6 and after.limited_by == "scaleDownStabilization"
+    assert "pods removed at most every 60s" in after.reason
+    d = decide(WAIT, quiet, History(last_down=30.0))
+    assert (d.replicas, d.history.last_down) == (1, 100)
+    # Today's rule (no measurements) removes idle pods as soon as its window allows.
+    legacy = decide(WAIT, Observation(100, Depth(0, 1), 6, idle_workers=5), History(last_down=70.0))
+    assert legacy.replicas == 1
+
+
+def test_pods_due_to_go_leave_as_they_come_free_gathered():
+    # Only 2 of the 5 pods the fleet no longer needs are idle: the scale-down stops above the recommendation,
+    # and the 3 others go once free, no sooner than a quarter of a start-up (15 s) later.
+    d = decide(WAIT, measured(100, 0, 4, 6, idle_workers=2), History(last_down=30.0))
+    assert (d.replicas, d.history.down_cut, d.limited_by) == (4, True, "busyWorkers")
+    soon = decide(WAIT, measured(110, 0, 1, 4, idle_workers=3), d.history)
+    assert soon.replicas == 4 and "pods removed at most every 15s" in soon.reason
+    later = decide(WAIT, measured(116, 0, 1, 4, idle_workers=3), d.history)
+    assert later.replicas == 1
+
+
+@pytest.mark.parametrize(
+    ("s", "obs", "history", "limited"),
+    [
+        (spec(), Observation(100, Depth(0, 2), 5), hist((30, 5), (90, 4)), "scaleDownStabilization"),
+        (spec(max_step_down=2), Observation(200, Depth(0, 2), 8), hist(), "maxStepDown"),
+    ],
+)
+def test_a_held_scale_down_says_so_in_reason_and_limit(s, obs, history, limited):
+    # The ScalingLimited condition comes from limited_by: it must agree with "held by" in the reason.
+    d = decide(s, obs, history)
+    assert "held by" in d.reason and d.limited_by == limited
+
+
+measurements = st.fixed_dictionaries(
+    {
+        "service_s": st.one_of(st.none(), st.floats(0.5, 2000)),
+        "startup_s": st.one_of(st.none(), st.floats(0, 600)),
+        "arrival_rate": st.one_of(st.none(), st.floats(0, 20)),
+        "slots": st.integers(1, 4),
+        "ages": st.lists(st.floats(0, 900), max_size=6),
+        "ready": st.one_of(st.none(), st.integers(0, 30)),
+    }
+)
+wait_targets = st.sampled_from([None, 0, 1, 30, 120, 3600])
+
+
+@st.composite
+def measured_runs(draw):
+    s = dataclasses.replace(draw(scaling_specs), target_wait_seconds=draw(wait_targets))
+    steps = draw(
+        st.lists(st.tuples(st.integers(0, 90), depths, optional_limit, measurements), min_size=1, max_size=25)
+    )
+    return s, draw(st.integers(s.min_replicas, s.max_replicas)), steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(measured_runs())
+def test_wait_sizing_properties(run):
+    s, current, steps = run
+    now, history = 0.0, History()
+    for dt, depth, idle, m in steps:
+        now += dt
+        ready = None if m["ready"] is None else min(m["ready"], current)
+        starting = tuple(m["ages"][: current - (ready if ready is not None else current)])
+        obs = Observation(now, depth, current, idle_workers=idle, service_s=m["service_s"],
+                          startup_s=m["startup_s"], arrival_rate=m["arrival_rate"], slots=m["slots"],
+                          ready=ready, starting=starting)  # fmt: skip
+        d = decide(s, obs, history)
+        # bounds
+        assert s.min_replicas <= d.replicas <= s.max_replicas, d.reason
+        # an unknown depth never scales
+        if depth is None:
+            assert d.replicas == current, d.reason
+            history = d.history
+            continue
+        # busy workers are never removed: no more pods go than are idle
+        if idle is not None and d.replicas < current:
+            assert current - d.replicas <= idle or current > s.max_replicas, d.reason
+        # queued work at an empty fleet always gets a pod (at once, unless a scale-up window holds it)
+        if current == 0 and depth.queued >= s.activation_threshold and not s.scale_up_stabilization_seconds:
+            assert d.replicas >= 1, d.reason
+        # sized by the wait target with no arrivals expected: no more new pods than the queued tasks need
+        sized = s.target_wait_seconds != 0 and m["service_s"] and m["startup_s"] is not None
+        if sized and not m["arrival_rate"] and depth.total:
+            assert d.recommendation <= max(s.min_replicas, current + -(-depth.queued // m["slots"])), d.reason
+        history, current = d.history, d.replicas
