@@ -24,7 +24,7 @@ def test_json_is_one_object_with_every_policy_and_the_plot_is_a_png(tmp_path):
     done = gpufleet("--trace", str(trace), "--json", "--plot", str(png))
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)  # fails on anything but exactly one JSON document
-    assert set(out["policies"]) == {"gpufleet", "gpufleet-drain", "keda", "static"}
+    assert set(out["policies"]) == {"gpufleet", "gpufleet-drain", "keda", "ray-serve", "static"}
     for figures in out["policies"].values():
         assert set(KEYS) <= set(figures)
         assert figures["gpu_hours"] > 0
@@ -50,10 +50,16 @@ def test_the_table_shows_every_policy(tmp_path, capsys):
         "gpufleet",
         "gpufleet-drain",
         "keda",
+        "ray-serve",
         "static",
         "GPU-h",
-        "wait p95 s",
+        "x floor",
+        "busy",
+        "wait p50 s",
+        "p95 s",
         "interrupted",
+        "scale events (/h)",
+        "floor 0.07 GPU-h",  # 470 s of tasks, 2 at a time on one GPU
         "startup_s 30",
     ):
         assert word in out

@@ -55,9 +55,9 @@ def test_the_meter_reads_what_the_workers_publish(monkeypatch):
     # idle since 15, done 1.
     seen = {}
 
-    def spy(meter, workers, now):
+    def spy(meter, workers, now, depth=None, created=None):
         seen[now] = dict(workers)
-        return real_throughput.measure(meter, workers, now)
+        return real_throughput.measure(meter, workers, now, depth, created)
 
     monkeypatch.setattr(policies, "measure", spy)
     simulate(trace([Task(0, 10), Task(0, 10)]), GpufleetDrain(gpufleet_spec({})), Setup(startup_s=5))
@@ -149,13 +149,16 @@ def test_a_longer_drain_target_takes_fewer_gpus_for_the_same_burst():
     assert fast["drain_s"] < slow["drain_s"]
 
 
-def test_without_drain_within_seconds_the_rate_changes_nothing(monkeypatch):
+def test_with_the_wait_target_off_the_measurements_change_nothing(monkeypatch):
     tasks, setup = warm_up_then_burst(300), Setup(startup_s=60)
-    spec = gpufleet_spec({"maxReplicas": "20"})
-    measured = simulate(tasks, Gpufleet(spec), setup)
-    monkeypatch.setattr(policies, "measure", lambda meter, workers, now: real_throughput.Meter())
-    unmeasured = simulate(tasks, Gpufleet(spec), setup)
-    assert measured.timeline == unmeasured.timeline and measured.finished == unmeasured.finished
+    off = gpufleet_spec({"maxReplicas": "20", "targetWaitSeconds": "0"})
+    default = gpufleet_spec({"maxReplicas": "20"})
+    measured = [simulate(tasks, Gpufleet(s), setup) for s in (off, default)]
+    monkeypatch.setattr(policies, "measure", lambda *args, **kwargs: real_throughput.Meter())
+    unmeasured = [simulate(tasks, Gpufleet(s), setup) for s in (off, default)]
+    assert measured[0].timeline == unmeasured[0].timeline and measured[0].finished == unmeasured[0].finished
+    # By default the measurements size the fleet.
+    assert measured[1].timeline != unmeasured[1].timeline
 
 
 @settings(max_examples=30, deadline=None)
@@ -185,7 +188,7 @@ def test_the_cli_shows_the_variant_and_takes_its_target(tmp_path, capsys):
     path.write_text("arrival_s,service_s\n" + "".join(f"{i % 7},{10 + i % 5}\n" for i in range(60)))
     assert main(["simulate", "--trace", str(path), "--json", "--drain-within-s", "120"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out["policies"]) == ["gpufleet", "gpufleet-drain", "keda", "static"]
+    assert list(out["policies"]) == ["gpufleet", "gpufleet-drain", "keda", "ray-serve", "static"]
     assert set(KEYS) <= set(out["policies"]["gpufleet-drain"])
     assert out["settings"]["drain_within_s"] == 120
     assert main(["simulate", "--trace", str(path), "--json", "--spec", "drainWithinSeconds=90"]) == 0

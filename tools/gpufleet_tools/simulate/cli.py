@@ -1,5 +1,6 @@
 """A discrete-event simulation of a GPU worker fleet on one task trace, under the operator's own scaling
-policy, a model of KEDA's Redis scaler with an HPA, and a static fleet at maxReplicas.
+policy, a model of KEDA's Redis scaler with an HPA, a model of Ray Serve's autoscaler for asynchronous inference,
+and a static fleet at maxReplicas.
 
 (`gpufleet simulate`: its arguments, and the run from a trace to a table, a plot or JSON.)
 """
@@ -83,7 +84,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--startup-s",
         type=_at_least(0, float),
         default=60.0,
-        help="seconds from a pod's creation to its worker taking tasks: node, image pull, CUDA (default 60)",
+        help="mean seconds from a pod's creation to its worker taking tasks: image pull, CUDA (default 60)",
+    )
+    p.add_argument(
+        "--startup-spread",
+        type=_at_least(0, float),
+        default=0.3,
+        metavar="SIGMA",
+        help="each pod's start-up is drawn from a lognormal of mean --startup-s and this sigma; 0 makes them "
+        "all equal (default 0.3: 90%% of pods start within 0.6 to 1.6 times the mean)",
+    )
+    p.add_argument(
+        "--cold-node-s",
+        type=_at_least(0, float),
+        default=0.0,
+        metavar="SECONDS",
+        help="a pod that finds no idle GPU node waits this long more for a new one (a cluster autoscaler "
+        "adding it, minutes); a node without a pod is removed after --node-idle-s (default 0: a node is "
+        "always there)",
+    )
+    p.add_argument(
+        "--node-idle-s",
+        type=_at_least(0, float),
+        default=600.0,
+        help="with --cold-node-s: seconds before an idle node is removed (the cluster autoscaler's "
+        "scale-down-unneeded-time, default 600)",
     )
     p.add_argument("--slots", type=_at_least(1, int), default=1, help="tasks per pod at once (default 1)")
     p.add_argument("--gpus", type=_at_least(1, int), default=1, help="GPUs per pod (default 1)")
@@ -113,6 +138,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--keda-polling-s", type=_at_least(1, float), default=30.0, help="KEDA's pollingInterval (default 30)"
     )
     p.add_argument(
+        "--ray-target",
+        type=_at_least(0.01, float),
+        default=2.0,
+        help="Ray Serve's target_ongoing_requests (default 2)",
+    )
+    p.add_argument(
         "--stall-s",
         type=_at_least(1, float),
         help="give up once work has been pending this long with no task completing, and report what is "
@@ -125,7 +156,13 @@ def run(args: argparse.Namespace) -> int:
 
     from gpufleet.spec import SpecError
     from gpufleet_tools.simulate.engine import Setup, simulate
-    from gpufleet_tools.simulate.policies import DRAIN_WITHIN_S, KedaSettings, fleet_policies, gpufleet_spec
+    from gpufleet_tools.simulate.policies import (
+        DRAIN_WITHIN_S,
+        KedaSettings,
+        RaySettings,
+        fleet_policies,
+        gpufleet_spec,
+    )
     from gpufleet_tools.simulate.report import figures, plot, table
     from gpufleet_tools.simulate.traces import TraceError, load
 
@@ -143,18 +180,33 @@ def run(args: argparse.Namespace) -> int:
     except (SpecError, TraceError) as exc:
         print(f"gpufleet simulate: {exc}", file=sys.stderr)
         return 2
-    setup = Setup(args.startup_s, args.slots, args.gpus, args.redelivery_s, args.grace_s, args.stall_s)
+    setup = Setup(
+        startup_s=args.startup_s,
+        startup_spread=args.startup_spread,
+        slots=args.slots,
+        gpus=args.gpus,
+        redelivery_s=args.redelivery_s,
+        grace_s=args.grace_s,
+        stall_s=args.stall_s,
+        cold_node_s=args.cold_node_s,
+        node_idle_s=args.node_idle_s,
+        seed=args.seed,
+    )
     keda = KedaSettings(
         polling_interval_s=args.keda_polling_s,
         cooldown_s=args.keda_cooldown_s,
         max_replica_count=spec.max_replicas,
         list_length=args.keda_list_length,
     )
+    ray = RaySettings(target_ongoing_requests=args.ray_target, max_replicas=spec.max_replicas)
     settings = {
         "max_replicas": spec.max_replicas,
+        "target_wait_s": spec.target_wait_seconds,
         "target_tasks_per_replica": spec.target_tasks_per_replica,
         "drain_within_s": drain_within_s,
         "startup_s": setup.startup_s,
+        "startup_spread": setup.startup_spread,
+        "cold_node_s": setup.cold_node_s,
         "slots": setup.slots,
         "gpus_per_pod": setup.gpus,
         "redelivery_s": setup.redelivery_s,
@@ -162,11 +214,13 @@ def run(args: argparse.Namespace) -> int:
         "keda_list_length": keda.list_length,
         "keda_cooldown_s": keda.cooldown_s,
         "keda_polling_s": keda.polling_interval_s,
+        "ray_target": ray.target_ongoing_requests,
         "seed": args.seed,
     }
     results = {}
     for trace in traces:
-        runs = [simulate(trace, policy, setup) for policy in fleet_policies(spec, keda, drain_within_s)]
+        policies = fleet_policies(spec, keda, drain_within_s, ray, setup.slots)
+        runs = [simulate(trace, policy, setup) for policy in policies]
         results[trace.name] = figures(runs)
         if args.plot:
             path = args.plot.with_stem(f"{args.plot.stem}-{trace.name}") if len(traces) > 1 else args.plot
@@ -178,8 +232,8 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 2
         if not args.json:
-            # Off a terminal (a file, the README) rich would wrap the table at 80 columns.
-            console = Console(emoji=False) if sys.stdout.isatty() else Console(width=120, emoji=False)
+            # Off a terminal (a file, the README) rich would wrap the table at 80 columns; 150 fit every column.
+            console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
             console.print(table(runs, settings))
     if args.json:
         if len(traces) == 1:

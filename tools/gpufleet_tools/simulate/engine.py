@@ -8,8 +8,12 @@ What the model keeps from the real system, and why:
   so it is the next one taken.
 - A free slot takes a task at once (prefetch 1, acks_late); the pod that has waited longest gets it, as Redis
   serves blocked BRPOP clients in order.
-- The Deployment's ReplicaSet acts at once: more replicas create pods that take tasks after the start-up
-  latency; fewer replicas delete pods in the ReplicaSet's order (see `_victim_rank`).
+- The Deployment's ReplicaSet acts at once: more replicas create pods that take tasks after a start-up drawn
+  for each pod (image pull and CUDA vary: lognormal around `startup_s`); fewer replicas delete pods in the
+  ReplicaSet's order (see `_victim_rank`).
+- Optionally the cluster has no GPU node to spare (`cold_node_s`): a pod that finds no idle node waits for a
+  new one, as a cluster autoscaler adds it; a node left without a pod is removed after `node_idle_s` (the
+  cluster autoscaler's scale-down-unneeded-time, 10 minutes by default).
 - A deleted pod with running tasks gets a warm shutdown for `grace_s` (Celery finishes what it runs, takes
   nothing new), then is killed; a killed task loses its work and returns to the queue after `redelivery_s`.
 - Each worker publishes its state to the broker as docs/worker-contract.md says: busy, and the tasks it has
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import random
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -42,13 +48,24 @@ DONE, KILL, READY, REDELIVER, ARRIVE, TICK = range(6)
 class Setup:
     """The fleet and the cluster, shared by every policy of a comparison."""
 
-    startup_s: float = 60.0  # pod created -> worker taking tasks: GPU node, image pull, CUDA start
+    startup_s: float = 60.0  # pod created -> worker taking tasks: GPU node, image pull, CUDA start (mean)
+    # Spread of the start-up: each pod's is lognormal with mean startup_s and this sigma (0: all equal).
+    startup_spread: float = 0.0
     slots: int = 1  # tasks one pod runs at once (1 for Celery's solo pool)
     gpus: int = 1  # GPUs per pod
     redelivery_s: float = 0.0  # a killed task's return to the queue (Celery+Redis: the visibility timeout)
     grace_s: float = 0.0  # a deleted pod's warm shutdown before it is killed (terminationGracePeriodSeconds)
     stall_s: float | None = None  # give up after this long with work pending and none completed; None:
     # an hour, or twice the longest task if that is longer (a policy that kills tasks can kill them forever)
+    cold_node_s: float = 0.0  # more start-up for a pod that finds no idle GPU node (0: there always is one)
+    node_idle_s: float = 600.0  # a node without a pod is removed after this long (scale-down-unneeded-time)
+    seed: int = 0  # of the start-up draws
+
+    def draw_startup(self, rng: random.Random) -> float:
+        if self.startup_spread <= 0 or self.startup_s <= 0:
+            return self.startup_s
+        sigma = self.startup_spread
+        return rng.lognormvariate(math.log(self.startup_s) - sigma**2 / 2, sigma)
 
     def stall_limit(self, trace: Trace) -> float:
         return (
@@ -67,9 +84,11 @@ class View:
     reserved: int  # delivered and not acknowledged: running, or killed and not yet redelivered
     replicas: int  # the Deployment's spec.replicas (pods not being deleted)
     idle: int  # of those pods, the ones running nothing (pods still starting included)
+    ready: int = 0  # of those pods, the ones whose worker takes tasks
     # The fleet's worker state hash, pod name -> entry: a worker writes its entry once it has started (a pod
     # still starting has none) and deletes it when it exits, so pods in a warm shutdown are still there.
     workers: Mapping[str, WorkerState] = field(default_factory=dict)
+    created: Mapping[str, float] = field(default_factory=dict)  # pod name -> creation time, pods not deleted
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class Policy(Protocol):
     initial: int  # replicas at time 0, warm
     resting: int  # replicas it settles at when there is no work: a run ends there
     marks_deletion_cost: bool  # sets controller.kubernetes.io/pod-deletion-cost: busy pods go last
+    grace_s: float | None  # a removed pod's warm shutdown when the policy sets its own; None: the Setup's
     loops: tuple[Loop, ...]  # at one instant, run in this order
 
 
@@ -131,6 +151,9 @@ class _Simulation:
         self.pod_ids = itertools.count()
         self.events: list[tuple[float, int, int, int, object]] = []
         self.seq = itertools.count()
+        self.rng = random.Random(f"startup/{setup.seed}")
+        self.idle_nodes: list[float] = []  # when each idle GPU node lost its pod (only with cold_node_s)
+        self.grace_s = setup.grace_s if policy.grace_s is None else policy.grace_s
 
     def at(self, t: float, kind: int, payload: object = None, order: int = 0) -> None:
         heapq.heappush(self.events, (t, kind, order, next(self.seq), payload))
@@ -166,9 +189,20 @@ class _Simulation:
 
     # ---- pods -------------------------------------------------------------------------------------------
 
+    def _startup(self, now: float) -> float:
+        startup = self.setup.draw_startup(self.rng)
+        if self.setup.cold_node_s > 0:
+            kept = now - self.setup.node_idle_s
+            self.idle_nodes = [t for t in self.idle_nodes if t > kept]
+            if self.idle_nodes:
+                self.idle_nodes.pop()  # the node freed last
+            else:
+                startup += self.setup.cold_node_s
+        return startup
+
     def _create(self, now: float, warm: bool) -> None:
         pid = next(self.pod_ids)
-        ready_at = now if warm else now + self.setup.startup_s
+        ready_at = now if warm else now + self._startup(now)
         self.pods[pid] = _Pod(pid, now, ready_at, warm, now, since=now)
         if not warm:
             self.at(ready_at, READY, pid)
@@ -176,6 +210,8 @@ class _Simulation:
     def _gone(self, now: float, pod: _Pod) -> None:
         del self.pods[pod.id]
         self.run.pod_seconds += now - pod.created
+        if self.setup.cold_node_s > 0:
+            self.idle_nodes.append(now)
 
     def _interrupt(self, now: float, pod: _Pod, task: int) -> None:
         self.run.lost_work_s += now - pod.running.pop(task)
@@ -214,8 +250,8 @@ class _Simulation:
             pod.stopping = True
             if not pod.running:
                 self._gone(now, pod)
-            elif self.setup.grace_s > 0:
-                self.at(now + self.setup.grace_s, KILL, pod.id)
+            elif self.grace_s > 0:
+                self.at(now + self.grace_s, KILL, pod.id)
             else:
                 self._kill(now, pod)
 
@@ -227,6 +263,7 @@ class _Simulation:
             reserved=self.running + self.awaiting,
             replicas=len(active),
             idle=sum(1 for p in active if not p.running),
+            ready=sum(1 for p in active if p.ready),
             workers={
                 f"pod-{p.id}": WorkerState(
                     busy=bool(p.running),
@@ -238,6 +275,7 @@ class _Simulation:
                 for p in self.pods.values()
                 if p.ready
             },
+            created={f"pod-{p.id}": p.created for p in active},
         )
 
     # ---- the clock --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Who sets the replicas: gpufleet's own policy (sizing by tasks per replica, and by throughput), a model of
-KEDA's Redis scaler driving an HPA, and a static fleet. Each is a set of control loops over the engine's View; a variant is one more class and one more line
-in `fleet_policies`.
+"""Who sets the replicas: gpufleet's own policy (its defaults, and sizing by throughput), a model of KEDA's
+Redis scaler driving an HPA, a model of Ray Serve's autoscaler for asynchronous inference, and a static fleet.
+Each is a set of control loops over the engine's View; a variant is one more class and one more line in
+`fleet_policies`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class Gpufleet:
 
     name = "gpufleet"
     marks_deletion_cost = True
+    grace_s = None  # the pods' terminationGracePeriodSeconds (Setup.grace_s)
 
-    def __init__(self, spec: ScalingSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: ScalingSpec, slots: int = 1) -> None:
+        self.spec, self.slots = spec, slots
         self.initial = self.resting = spec.min_replicas
         # An operator that has watched the idle fleet for long: nothing recent in its windows. (`seeded`, for an
         # operator that has just started, would hold back a scale-up asked for at its first tick.)
@@ -42,8 +44,9 @@ class Gpufleet:
         self.loops = (Loop(spec.poll_interval_seconds, self._poll),)
 
     def _poll(self, now: float, view: View) -> int:
-        # As the operator's probe does: the meter takes every reading of the state hash, then decide() its rate.
-        self.meter = measure(self.meter, view.workers, now)
+        # As the operator's tick does (plan._prepare): the meter takes every reading of the state hash, the depth
+        # and the pods' creation times, then decide() its measurements.
+        self.meter = measure(self.meter, view.workers, now, view.queued + view.reserved, view.created)
         obs = Observation(
             now,
             Depth(view.queued, view.reserved),
@@ -52,6 +55,12 @@ class Gpufleet:
             schedulable=None,  # the simulated cluster has a GPU for every pod
             budget=None,
             throughput=self.meter.rate,
+            arrival_rate=self.meter.arrival_rate,
+            service_s=self.meter.service_s,
+            startup_s=self.meter.startup_s,
+            slots=self.slots,
+            ready=view.ready,
+            starting=tuple(now - t for pod, t in view.created.items() if pod not in view.workers),
         )
         decision = decide(self.spec, obs, self.history)
         self.history = decision.history
@@ -64,8 +73,8 @@ class GpufleetDrain(Gpufleet):
 
     name = "gpufleet-drain"
 
-    def __init__(self, spec: ScalingSpec, drain_within_s: int = DRAIN_WITHIN_S) -> None:
-        super().__init__(dataclasses.replace(spec, drain_within_seconds=drain_within_s))
+    def __init__(self, spec: ScalingSpec, drain_within_s: int = DRAIN_WITHIN_S, slots: int = 1) -> None:
+        super().__init__(dataclasses.replace(spec, drain_within_seconds=drain_within_s), slots)
 
 
 KEDA_SCALEDOBJECT = "https://keda.sh/docs/2.16/reference/scaledobject-spec/"
@@ -103,6 +112,7 @@ class Keda:
 
     name = "keda"
     marks_deletion_cost = False
+    grace_s = None  # the pods' terminationGracePeriodSeconds (Setup.grace_s)
 
     def __init__(self, settings: KedaSettings) -> None:
         self.s = settings
@@ -144,11 +154,103 @@ class Keda:
         return int(min(max(stabilized, hpa_min), up_limit, self.s.max_replica_count))
 
 
+RAY_AUTOSCALING_CONFIG = "https://docs.ray.io/en/latest/serve/api/doc/ray.serve.config.AutoscalingConfig.html"
+RAY_ADVANCED = "https://docs.ray.io/en/latest/serve/advanced-guides/advanced-autoscaling.html"
+RAY_POLICY = "https://github.com/ray-project/ray/blob/master/python/ray/serve/autoscaling_policy.py"
+RAY_QUEUE = "https://github.com/ray-project/ray/blob/master/python/ray/serve/_private/queue_monitor.py"
+RAY_CONSTANTS = "https://github.com/ray-project/ray/blob/master/python/ray/serve/_private/constants.py"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """A Ray Serve @task_consumer deployment (asynchronous inference: a Celery consumer in each replica) under
+    `async_inference_autoscaling_policy`, with the documented defaults (each field names its source)."""
+
+    target_ongoing_requests: float = 2.0  # RAY_AUTOSCALING_CONFIG, RAY_ADVANCED (default 2 since Ray 2.32)
+    upscale_delay_s: float = 30.0  # RAY_AUTOSCALING_CONFIG
+    downscale_delay_s: float = 600.0  # RAY_AUTOSCALING_CONFIG
+    # RAY_AUTOSCALING_CONFIG: None, and RAY_POLICY's _apply_delay_logic then uses downscale_delay_s for 1 -> 0
+    downscale_to_zero_delay_s: float | None = None
+    # RAY_AUTOSCALING_CONFIG's default is 1; 0 here, like the other fleets, so that it may release every GPU
+    # (RAY_POLICY's cold-start path wakes it from zero on the first queued task)
+    min_replicas: int = 0
+    max_replicas: int = 10  # RAY_AUTOSCALING_CONFIG (default 1): set to the maximum of the fleets compared
+    # RAY_QUEUE: the QueueMonitor pushes the queue's LLEN to the controller every
+    # RAY_SERVE_ASYNC_INFERENCE_TASK_QUEUE_METRIC_PUSH_INTERVAL_S (RAY_CONSTANTS, 10 s)
+    queue_push_interval_s: float = 10.0
+    # RAY_CONSTANTS: CONTROL_LOOP_INTERVAL_S is 0.1 s; the model runs the controller every second, and counts
+    # the delays in seconds as RAY_POLICY counts them in loops (delays shift by under a second)
+    control_loop_s: float = 1.0
+    graceful_shutdown_timeout_s: float = 20.0  # RAY_CONSTANTS: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+
+
+class RayServe:
+    """Ray Serve's autoscaler for a task consumer (RAY_POLICY: async_inference_autoscaling_policy and its
+    wrapper). The workload it sees is the queue's LLEN (RAY_QUEUE: one LLEN of the queue's own list, no
+    priority lists, no reserved tasks) plus the HTTP requests in flight (none: tasks come through Celery):
+    desired = ceil(LLEN / target_ongoing_requests), within [min, max]; a scale-up only after `upscale_delay_s`
+    of consecutive decisions to scale up, a scale-down after `downscale_delay_s` of decisions to scale down
+    (never below one but from one to zero); from zero, one replica at once when the queue is not empty (the
+    cold-start path), and no decision while no replica is running. Replicas to stop are chosen starting,
+    then running, blind to what they run (deployment_scheduler.get_replicas_to_stop), and a stopped replica
+    finishes its work for graceful_shutdown_timeout_s before it is killed."""
+
+    name = "ray-serve"
+    marks_deletion_cost = False
+
+    def __init__(self, settings: RaySettings) -> None:
+        self.s = settings
+        self.initial = self.resting = settings.min_replicas
+        self.grace_s = settings.graceful_shutdown_timeout_s
+        self.queue_length = 0  # the last LLEN the queue monitor pushed
+        self.target: int | None = None  # the controller's target number of replicas
+        self.counter = 0.0  # seconds of consecutive decisions to scale up (> 0) or down (< 0)
+        self.loops = (
+            Loop(settings.queue_push_interval_s, self._push),
+            Loop(settings.control_loop_s, self._control),
+        )
+
+    def _push(self, now: float, view: View) -> int:
+        self.queue_length = view.listed
+        return view.replicas
+
+    def _control(self, now: float, view: View) -> int:
+        s = self.s
+        target = view.replicas if self.target is None else self.target
+        if view.ready == 0:  # the cold-start path: no replica running yet
+            if self.queue_length > 0:
+                target = max(1, target)
+            self.target = target
+            return target
+        desired = math.ceil(self.queue_length / s.target_ongoing_requests)
+        desired = min(max(desired, s.min_replicas), s.max_replicas)
+        step = s.control_loop_s
+        if desired > target:
+            self.counter = max(self.counter, 0.0) + step
+            if self.counter > s.upscale_delay_s:
+                self.counter, target = 0.0, desired
+        elif desired < target:
+            self.counter = min(self.counter, 0.0) - step
+            to_zero = target == 1
+            delay = s.downscale_delay_s
+            if to_zero and s.downscale_to_zero_delay_s is not None:
+                delay = s.downscale_to_zero_delay_s
+            if not to_zero:
+                desired = max(1, desired)
+            if self.counter < -delay:
+                self.counter, target = 0.0, desired
+        else:
+            self.counter = 0.0
+        self.target = target
+        return target
+
+
 class Static:
     """A fleet sized for the peak: maxReplicas pods, warm from time 0, never scaled."""
 
     name = "static"
     marks_deletion_cost = False
+    grace_s = None
     loops: tuple[Loop, ...] = ()
 
     def __init__(self, replicas: int) -> None:
@@ -156,13 +258,18 @@ class Static:
 
 
 def fleet_policies(
-    spec: ScalingSpec, keda: KedaSettings, drain_within_s: int = DRAIN_WITHIN_S
+    spec: ScalingSpec,
+    keda: KedaSettings,
+    drain_within_s: int = DRAIN_WITHIN_S,
+    ray: RaySettings | None = None,
+    slots: int = 1,
 ) -> list[Policy]:
     """Fresh policies for one run each (they keep state between ticks), in the order reports show them."""
     return [
-        Gpufleet(spec),
-        GpufleetDrain(spec, drain_within_s),
+        Gpufleet(spec, slots),
+        GpufleetDrain(spec, drain_within_s, slots),
         Keda(keda),
+        RayServe(ray or RaySettings(max_replicas=spec.max_replicas)),
         Static(spec.max_replicas),
     ]
 

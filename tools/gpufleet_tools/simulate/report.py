@@ -31,27 +31,52 @@ def table(runs: Sequence[Run], settings: Mapping[str, Any]):
     from rich.table import Table
 
     trace = runs[0].trace
-    caption = f"{trace.about}\n" + ", ".join(f"{k} {v:g}" for k, v in settings.items())
-    out = Table(title=f"{trace.name}: {len(trace.tasks):,} tasks", caption=caption, caption_justify="left")
+    floor = summarize(runs[0])["floor_gpu_hours"]
+    caption = f"{trace.about}\n" + ", ".join(f"{k} {_setting(v)}" for k, v in settings.items())
+    title = f"{trace.name}: {len(trace.tasks):,} tasks, floor {floor:,.2f} GPU-h (the tasks' own GPU time)"
+    out = Table(title=title, caption=caption, caption_justify="left")
     out.add_column("policy", no_wrap=True)
-    for name in ("GPU-h", "wait p50 s", "wait p95 s", "wait p99 s", "interrupted", "scale events"):
-        out.add_column(name, justify="right")
-    out.add_column("drain h:m:s", justify="right")
-    out.add_column("unfinished", justify="right")
+    for name in (
+        "GPU-h",
+        "x floor",
+        "busy",
+        "wait p50 s",
+        "p95 s",
+        "p99 s",
+        "interrupted",
+        "scale events (/h)",
+    ):
+        out.add_column(name, justify="right", no_wrap=True)
+    out.add_column("drain h:m:s", justify="right", no_wrap=True)
+    out.add_column("unfinished", justify="right", no_wrap=True)
     for run in runs:
         f = summarize(run)
         out.add_row(
             run.policy,
             f"{f['gpu_hours']:,.2f}",
+            _ratio(f["gpu_hours"], f["floor_gpu_hours"]),
+            _share(f["busy_share"]),
             _seconds(f["wait_p50_s"]),
             _seconds(f["wait_p95_s"]),
             _seconds(f["wait_p99_s"]),
             f"{f['interrupted']:,}",
-            f"{f['scale_events']:,}",
+            f"{f['scale_events']:,} ({f['scale_events_per_hour']:,.1f})",
             _clock(f["drain_s"]),
             f"{f['unfinished']:,}",
         )
     return out
+
+
+def _setting(v: Any) -> str:
+    return "auto" if v is None else f"{v:g}" if isinstance(v, int | float) else str(v)
+
+
+def _ratio(x: float, floor: float) -> str:
+    return f"{x / floor:.2f}" if floor else "-"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f} %"
 
 
 def plot(runs: Sequence[Run], path: Path) -> None:
