@@ -41,4 +41,10 @@ fi
 if [[ "${GPUFLEET_SKIP_DOCKER:-}" != "1" ]]; then
   hack/docker-engine.sh start
 fi
+# `hack/bootstrap.sh kind` (make e2e-kind): kind and its node binaries, and the node image made without a registry
+# unless GPUFLEET_KIND_NODE_IMAGE names another (minutes once, nothing after).
+if [[ " $* " == *" kind "* ]]; then
+  hack/build-k8s.sh --kind >/dev/null
+  [[ -n "${GPUFLEET_KIND_NODE_IMAGE:-}" ]] || hack/kind-node-image.sh >/dev/null
+fi
 say "ready"

@@ -1,7 +1,8 @@
 """Fixtures of the e2e suite: one real cluster per session (see providers.py), a namespace per test, GPU nodes
 per test, and the cluster's logs printed under any test that fails.
 
-Every test collected under tests/e2e is marked `cluster`: `pytest -m "not cluster"` leaves them out.
+Every test collected under tests/e2e is marked `cluster`: `pytest -m "not cluster"` leaves them out. A test that
+only makes sense on one provider is skipped on the other, with the reason (see SKIPS_ON_KIND and `kind`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,33 @@ from fleet import CRD, Kubectl, Operator, wait_for
 HERE = Path(__file__).resolve().parent
 
 
+# On kind, pods are containers in the kind nodes' network: what these fixtures give a test is not there.
+SKIPS_ON_KIND = {
+    "gpu_nodes": "adds kwok GPU nodes of its own; kind's nodes are real: runs on the local control plane",
+    "operator": "runs the operator on this machine for fleets whose Redis is on its loopback, out of reach of "
+    "pods in kind's nodes: runs on the local control plane (tests/e2e/test_kind_*.py run the operator's image)",
+}
+KIND_ONLY = "needs pods that run containers (images, probes, signals): runs on kind (make e2e-kind)"
+
+
 def pytest_collection_modifyitems(config, items):
+    provider = providers.selected()
     for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.cluster)
+        if HERE not in Path(str(item.path)).resolve().parents:
+            continue
+        item.add_marker(pytest.mark.cluster)
+        if provider == "local" and item.get_closest_marker("kind"):
+            item.add_marker(pytest.mark.skip(reason=KIND_ONLY))
+        if provider != "kind":
+            continue
+        if "cluster" not in item.fixturenames:
+            item.add_marker(
+                pytest.mark.skip(reason="starts a local cluster of its own: runs in the local session")
+            )
+        for fixture, reason in SKIPS_ON_KIND.items():
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,113 @@
+"""Both installs on kind, with the operator's real image running in a pod, in namespaces that enforce the
+`restricted` Pod Security Standard: `helm install` (then `helm test`, and the first queue its notes show,
+reaching the chart's Redis) and `kubectl apply -f manifests/` (the operator image under the name manifests/
+gives it, loaded into the nodes since no registry is reachable)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet import Kubectl, wait_for
+from kindfleet import Install, assert_enforces_restricted, restricted_namespace
+
+pytestmark = pytest.mark.kind
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+
+
+@pytest.fixture(autouse=True)
+def _on_kind(cluster):
+    if cluster.provider != "kind":
+        pytest.skip("builds on what the kind provider loads (the operator and tools images)")
+
+
+def notes_queue(helm_output: str) -> dict:
+    """The first GpuTaskQueue that NOTES.txt tells the user to apply."""
+    start = helm_output.index("<<'YAML'\n") + len("<<'YAML'\n")
+    body = helm_output[start : helm_output.index("  YAML\n", start)]
+    return yaml.safe_load("\n".join(line[2:] for line in body.splitlines()))
+
+
+def test_helm_install_runs_the_operator_image_restricted_and_helm_test_passes(cluster, crd):
+    namespace = restricted_namespace(cluster, f"kind-helm-{uuid.uuid4().hex[:5]}")
+    install = Install(cluster, namespace)
+    try:
+        # The CRD is there already (kubectl apply, as README's "If the CRD already exists" says).
+        notes = install.install("--set", "crds.install=false")
+        pod = install.operator_pod()
+        assert pod["spec"]["containers"][0]["image"] == cluster.images["operator"]
+        assert all(s["ready"] for s in pod["status"]["containerStatuses"])
+
+        # No --logs: the hook's pod is deleted once it succeeds, and helm then fails to read its log.
+        done = cluster.helm("test", install.release, "-n", namespace, "--timeout", "180s")
+        assert "Phase:          Succeeded" in done.stdout, done.stdout
+
+        # The notes' first queue, as written: the operator reaches the chart's Redis by its Service's name, with
+        # the password from its Secret.
+        first = notes_queue(notes)
+        install.kubectl.apply(json.dumps(first))
+        wait_for("BrokerReachable=True on the notes' queue",
+                 lambda: install.kubectl.condition("first", "BrokerReachable").get("status") == "True",
+                 timeout=90)  # fmt: skip
+        assert install.kubectl.replicas("first-workers") == 0
+        install.assert_healthy()
+        install.kubectl.run("delete", "gtq", "first", "--wait=true")
+    finally:
+        install.uninstall()
+
+    def left() -> list[str]:
+        found = cluster.kubectl("get", "all,secrets,configmaps,roles,rolebindings", "-n", namespace, "-l",
+                                f"app.kubernetes.io/instance={install.release}", "-o", "json").stdout  # fmt: skip
+        return [f"{o['kind']}/{o['metadata']['name']}" for o in json.loads(found)["items"]]
+
+    wait_for("nothing of the release left", lambda: left() == [], timeout=120)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+@pytest.fixture
+def manifests_installed(cluster):
+    yield
+    # Everything but the CRD, which the rest of the session uses.
+    cluster.kubectl("delete", "namespace", "gpufleet-system", "--wait", "--timeout=120s", check=False)
+    cluster.kubectl("delete", "clusterroles,clusterrolebindings", "-l", "app.kubernetes.io/instance=gpufleet",
+                    check=False)  # fmt: skip
+
+
+def test_kubectl_apply_manifests_runs_the_operator_image_restricted(
+    cluster, crd, manifests_installed, namespace
+):
+    applied = cluster.kubectl("apply", "-f", str(MANIFESTS)).stdout
+    assert "namespace/gpufleet-system" in applied and "deployment.apps/gpufleet" in applied
+    assert_enforces_restricted(cluster, "gpufleet-system")
+    cluster.kubectl("rollout", "status", "deployment/gpufleet", "-n", "gpufleet-system", "--timeout=180s")
+    install = Install(cluster, "gpufleet-system", release="gpufleet")
+    # The operator's metrics, through the API server's proxy to its Service: pod networking across nodes.
+    metrics = wait_for("the operator's metrics", lambda: cluster.kubectl(
+        "get", "--raw", "/api/v1/namespaces/gpufleet-system/services/gpufleet-metrics:8080/proxy/metrics",
+        check=False).stdout)  # fmt: skip
+    assert "gpufleet_probe_seconds_count" in metrics
+
+    # A queue in another namespace (this operator serves them all) whose broker answers nothing.
+    queue = {
+        "apiVersion": "gpufleet.dev/v1alpha1",
+        "kind": "GpuTaskQueue",
+        "metadata": {"name": "from-manifests", "namespace": namespace},
+        "spec": {
+            "broker": {"url": "redis://127.0.0.1:1/0"},
+            "queues": ["from-manifests"],
+            "worker": {"image": cluster.images["worker"], "gpus": 1},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue))
+    kubectl = Kubectl("kubectl", dict(cluster.env), namespace)
+    wait_for("the worker Deployment", lambda: kubectl.get("deployment", "from-manifests-workers"), timeout=60)
+    wait_for("BrokerReachable=False/ConnectionFailed",
+             lambda: kubectl.condition("from-manifests", "BrokerReachable").get("reason") == "ConnectionFailed",
+             timeout=60)  # fmt: skip
+    install.assert_healthy()
+    kubectl.run("delete", "gtq", "from-manifests", "--wait=true")
