@@ -80,3 +80,32 @@ def test_spec_fields_are_checked_against_the_crd(tmp_path, capsys):
     assert "must be of type boolean" in capsys.readouterr().err
     assert main(["simulate", "--trace", str(trace), "--spec", "minReplicas=4", "--max-replicas", "2"]) == 2
     assert "minReplicas" in capsys.readouterr().err
+
+
+def test_the_readme_table_compares_chosen_policies_at_several_sizes(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text(TRACE)
+    args = ["simulate", "--trace", str(trace), "--max-replicas", "2", "--max-replicas", "4"]
+    assert main([*args, "--policies", "gpufleet,keda,ray-serve", "--markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| trace (floor GPU-h) | maxReplicas | policy | GPU-h | x floor | busy |")
+    rows = [line.split("|")[1:-1] for line in lines[2:]]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        ("2", "gpufleet"), ("", "keda"), ("", "ray-serve"), ("4", "gpufleet"), ("", "keda"), ("", "ray-serve")
+    ]  # fmt: skip
+    assert rows[0][0].strip() == "t.csv (0.13)"
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["max_replicas"]) == {"2", "4"}
+    assert out["max_replicas"]["4"]["settings"]["max_replicas"] == 4
+    assert main(["simulate", "--trace", str(trace), "--policies", "gpufleet,kedaa"]) == 2
+    assert "no policy 'kedaa'" in capsys.readouterr().err
+
+
+def test_the_plot_of_a_day_draws_the_chosen_policies(tmp_path):
+    trace, png = tmp_path / "t.csv", tmp_path / "day.png"
+    trace.write_text(TRACE)
+    assert (
+        main(["simulate", "--trace", str(trace), "--policies", "gpufleet,ray-serve", "--plot", str(png)]) == 0
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

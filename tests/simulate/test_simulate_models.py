@@ -167,3 +167,14 @@ def test_the_default_rule_sizes_by_what_the_meter_measured_and_asks_no_pod_too_l
     assert max(r for t, _, r in per_task.timeline if t >= 75) == 6
     assert waits(default)[4:] == waits(per_task)[4:]  # the late pods helped no task
     assert summarize(default)["gpu_hours"] < summarize(per_task)["gpu_hours"]
+
+
+def test_the_plot_s_load_and_replicas_are_time_means_per_step():
+    from gpufleet_tools.simulate.report import _means, load
+
+    # A 90 s task from t=0 and a 30 s one from t=60: one pod busy over the first minute, half of one twice
+    # over the second.
+    assert load(trace(Task(0, 90), Task(60, 30)), 120, 60) == [1.0, 1.0, 0.0]
+    # 2 replicas and 5 queued until t=30, then 4 and none, until t=120: means 3 and 4, 2.5 and 0.
+    assert _means([(0, 5, 2), (30, 0, 4)], 2, 120, 60) == [3.0, 4.0, 0.0]
+    assert _means([(0, 5, 2), (30, 0, 4)], 1, 120, 60) == [2.5, 0.0, 0.0]

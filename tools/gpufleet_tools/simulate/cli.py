@@ -14,6 +14,8 @@ from pathlib import Path
 
 from gpufleet_tools.simulate.traces import BUILT_IN
 
+POLICIES = ("gpufleet", "gpufleet-drain", "keda", "ray-serve", "static")
+
 
 def _at_least(low: float, kind: type):
     def parse(text: str):
@@ -49,15 +51,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print one Markdown table of every trace and size instead (the README's)",
+    )
+    p.add_argument(
         "--plot",
         type=Path,
         metavar="FILE",
-        help="write a PNG of queue depth and replicas over time "
+        help="write a PNG of the replicas against the load, and of the queue, over time "
         "(with --trace all, one per trace: FILE's name gets -TRACE added)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the built-in traces (default 0)")
     p.add_argument(
-        "--max-replicas", type=_at_least(1, int), help="maxReplicas of every fleet (default: the CRD's, 10)"
+        "--policies",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        metavar="NAME,...",
+        help=f"run and show only these policies, e.g. gpufleet,keda,ray-serve (default: all of "
+        f"{', '.join(POLICIES)})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the built-in traces and of the start-ups (default 0)"
+    )
+    p.add_argument(
+        "--max-replicas",
+        type=_at_least(1, int),
+        action="append",
+        metavar="N",
+        help="maxReplicas of every fleet (default: the CRD's, 10); repeat it to compare at several sizes",
     )
     p.add_argument(
         "--target",
@@ -163,17 +183,19 @@ def run(args: argparse.Namespace) -> int:
         fleet_policies,
         gpufleet_spec,
     )
-    from gpufleet_tools.simulate.report import figures, plot, table
+    from gpufleet_tools.simulate.report import figures, markdown, plot, table
     from gpufleet_tools.simulate.traces import TraceError, load
 
     overrides = dict(args.spec)
-    if args.max_replicas is not None:
-        overrides["maxReplicas"] = str(args.max_replicas)
     if args.target is not None:
         overrides["targetTasksPerReplica"] = str(args.target)
+    sizes = args.max_replicas or [None]
+    unknown = [name for name in args.policies or () if name not in POLICIES]
     try:
-        spec = gpufleet_spec(overrides)
-        drain_within_s = args.drain_within_s or spec.drain_within_seconds or DRAIN_WITHIN_S
+        if unknown:
+            raise SpecError("--policies", f"no policy {unknown[0]!r}; the policies are {', '.join(POLICIES)}")
+        specs = [gpufleet_spec({**overrides, **({"maxReplicas": str(n)} if n else {})}) for n in sizes]
+        drain_within_s = args.drain_within_s or specs[0].drain_within_seconds or DRAIN_WITHIN_S
         # Checked against the CRD as a spec field would be (its maximum, for one).
         gpufleet_spec({**overrides, "drainWithinSeconds": str(drain_within_s)})
         traces = [load(name, args.seed) for name in (BUILT_IN if args.trace == "all" else [args.trace])]
@@ -192,53 +214,73 @@ def run(args: argparse.Namespace) -> int:
         node_idle_s=args.node_idle_s,
         seed=args.seed,
     )
-    keda = KedaSettings(
-        polling_interval_s=args.keda_polling_s,
-        cooldown_s=args.keda_cooldown_s,
-        max_replica_count=spec.max_replicas,
-        list_length=args.keda_list_length,
-    )
-    ray = RaySettings(target_ongoing_requests=args.ray_target, max_replicas=spec.max_replicas)
-    settings = {
-        "max_replicas": spec.max_replicas,
-        "target_wait_s": spec.target_wait_seconds,
-        "target_tasks_per_replica": spec.target_tasks_per_replica,
-        "drain_within_s": drain_within_s,
-        "startup_s": setup.startup_s,
-        "startup_spread": setup.startup_spread,
-        "cold_node_s": setup.cold_node_s,
-        "slots": setup.slots,
-        "gpus_per_pod": setup.gpus,
-        "redelivery_s": setup.redelivery_s,
-        "grace_s": setup.grace_s,
-        "keda_list_length": keda.list_length,
-        "keda_cooldown_s": keda.cooldown_s,
-        "keda_polling_s": keda.polling_interval_s,
-        "ray_target": ray.target_ongoing_requests,
-        "seed": args.seed,
-    }
-    results = {}
-    for trace in traces:
-        policies = fleet_policies(spec, keda, drain_within_s, ray, setup.slots)
-        runs = [simulate(trace, policy, setup) for policy in policies]
-        results[trace.name] = figures(runs)
-        if args.plot:
-            path = args.plot.with_stem(f"{args.plot.stem}-{trace.name}") if len(traces) > 1 else args.plot
-            try:
-                plot(runs, path)
-            except OSError as exc:
-                print(
-                    f"gpufleet simulate: cannot write the plot {path}: {exc.strerror or exc}", file=sys.stderr
-                )
-                return 2
-        if not args.json:
-            # Off a terminal (a file, the README) rich would wrap the table at 80 columns; 150 fit every column.
-            console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
-            console.print(table(runs, settings))
-    if args.json:
+    # Off a terminal (a file, the README) rich would wrap the table at 80 columns; 150 fit every column.
+    console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
+    results, rows = {}, []
+    for spec in specs:
+        keda = KedaSettings(
+            polling_interval_s=args.keda_polling_s,
+            cooldown_s=args.keda_cooldown_s,
+            max_replica_count=spec.max_replicas,
+            list_length=args.keda_list_length,
+        )
+        ray = RaySettings(target_ongoing_requests=args.ray_target, max_replicas=spec.max_replicas)
+        settings = {
+            "max_replicas": spec.max_replicas,
+            "target_wait_s": spec.target_wait_seconds,
+            "target_tasks_per_replica": spec.target_tasks_per_replica,
+            "drain_within_s": drain_within_s,
+            "startup_s": setup.startup_s,
+            "startup_spread": setup.startup_spread,
+            "cold_node_s": setup.cold_node_s,
+            "slots": setup.slots,
+            "gpus_per_pod": setup.gpus,
+            "redelivery_s": setup.redelivery_s,
+            "grace_s": setup.grace_s,
+            "keda_list_length": keda.list_length,
+            "keda_cooldown_s": keda.cooldown_s,
+            "keda_polling_s": keda.polling_interval_s,
+            "ray_target": ray.target_ongoing_requests,
+            "seed": args.seed,
+        }
+        per_trace = {}
+        for trace in traces:
+            policies = [
+                policy
+                for policy in fleet_policies(spec, keda, drain_within_s, ray, setup.slots)
+                if args.policies is None or policy.name in args.policies
+            ]
+            runs = [simulate(trace, policy, setup) for policy in policies]
+            per_trace[trace.name] = figures(runs)
+            rows.append((spec.max_replicas, runs))
+            if args.plot:
+                path = args.plot
+                if len(traces) > 1:
+                    path = path.with_stem(f"{path.stem}-{trace.name}")
+                if len(specs) > 1:
+                    path = path.with_stem(f"{path.stem}-{spec.max_replicas}")
+                try:
+                    plot(runs, path)
+                except OSError as exc:
+                    print(
+                        f"gpufleet simulate: cannot write the plot {path}: {exc.strerror or exc}",
+                        file=sys.stderr,
+                    )
+                    return 2
+            if not (args.json or args.markdown):
+                console.print(table(runs, settings))
         if len(traces) == 1:
-            (only,) = results.values()
-            print(json.dumps({"trace": traces[0].name, "settings": settings, **only}))
+            (only,) = per_trace.values()
+            results[spec.max_replicas] = {"trace": traces[0].name, "settings": settings, **only}
         else:
-            print(json.dumps({"settings": settings, "traces": results}))
+            results[spec.max_replicas] = {"settings": settings, "traces": per_trace}
+    if args.markdown:
+        order = [trace.name for trace in traces]  # trace by trace, each at every size
+        print(markdown(sorted(rows, key=lambda row: order.index(row[1][0].trace.name))))
+    if args.json:
+        if len(specs) == 1:
+            (only,) = results.values()
+            print(json.dumps(only))
+        else:
+            print(json.dumps({"max_replicas": {str(n): r for n, r in results.items()}}))
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from gpufleet_tools.simulate.engine import Run
 from gpufleet_tools.simulate.metrics import summarize
+from gpufleet_tools.simulate.traces import Trace
 
 
 def figures(runs: Sequence[Run]) -> dict[str, Any]:
@@ -67,6 +68,28 @@ def table(runs: Sequence[Run], settings: Mapping[str, Any]):
     return out
 
 
+def markdown(rows: Sequence[tuple[int, Sequence[Run]]]) -> str:
+    """One Markdown table of runs at several fleet sizes: (maxReplicas, the runs of one trace) per row group."""
+    head = (
+        "| trace (floor GPU-h) | maxReplicas | policy | GPU-h | x floor | busy | wait p50 s | p95 s "
+        "| interrupted | scale events (/h) | drain |\n"
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    lines = [head]
+    for size, runs in rows:
+        for i, run in enumerate(runs):
+            f = summarize(run)
+            trace = f"{run.trace.name} ({f['floor_gpu_hours']:,.2f})" if i == 0 else ""
+            drain = _clock(f["drain_s"]) if not f["unfinished"] else f"never ({f['unfinished']:,} unfinished)"
+            lines.append(
+                f"| {trace} | {size if i == 0 else ''} | {run.policy} | {f['gpu_hours']:,.2f} "
+                f"| {_ratio(f['gpu_hours'], f['floor_gpu_hours'])} | {_share(f['busy_share'])} "
+                f"| {_seconds(f['wait_p50_s'])} | {_seconds(f['wait_p95_s'])} | {f['interrupted']:,} "
+                f"| {f['scale_events']:,} ({f['scale_events_per_hour']:,.1f}) | {drain} |"
+            )
+    return "\n".join(lines)
+
+
 def _setting(v: Any) -> str:
     return "auto" if v is None else f"{v:g}" if isinstance(v, int | float) else str(v)
 
@@ -79,8 +102,34 @@ def _share(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f} %"
 
 
+def load(trace: Trace, span: float, step: float) -> list[float]:
+    """The trace's load: GPU slots its tasks would keep busy if each started on arrival (their service times
+    laid over their arrivals), averaged over each `step` seconds: what a fleet must carry, whatever its policy."""
+    bins = [0.0] * (int(span // step) + 1)
+    for task in trace.tasks:
+        start, end = task.arrival_s, task.arrival_s + task.service_s
+        while start < end and int(start // step) < len(bins):
+            edge = min(end, (int(start // step) + 1) * step)
+            bins[int(start // step)] += (edge - start) / step
+            start = edge
+    return bins
+
+
+def _means(timeline: Sequence[tuple[float, int, int]], index: int, span: float, step: float) -> list[float]:
+    """The time-weighted mean of one column of a run's timeline (1: queued, 2: replicas) over each `step`."""
+    bins = [0.0] * (int(span // step) + 1)
+    ends = [t for t, _, _ in timeline[1:]] + [span]
+    for (start, *values), end in zip(timeline, ends, strict=True):
+        while start < end and int(start // step) < len(bins):
+            edge = min(end, (int(start // step) + 1) * step)
+            bins[int(start // step)] += values[index - 1] * (edge - start) / step
+            start = edge
+    return bins
+
+
 def plot(runs: Sequence[Run], path: Path) -> None:
-    """Queued tasks and replicas over time, one line per policy, as a small PNG."""
+    """Replicas against the load, and queued tasks, over time, as means over 5 minutes (1 minute for a run of
+    3 hours or less): one line per policy, as a small PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed, and the same output everywhere
@@ -88,16 +137,24 @@ def plot(runs: Sequence[Run], path: Path) -> None:
 
     span = max(run.end_s for run in runs)
     unit, scale = ("h", 3600) if span > 3 * 3600 else ("min", 60)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, constrained_layout=True)
-    for run in runs:
-        t = [p[0] / scale for p in run.timeline]
-        top.step(t, [p[1] for p in run.timeline], where="post", label=run.policy, linewidth=1)
-        bottom.step(t, [p[2] for p in run.timeline], where="post", label=run.policy, linewidth=1)
+    step = 300.0 if span > 3 * 3600 else 60.0
     trace = runs[0].trace
-    top.set_title(f"gpufleet simulate --trace {trace.name}  ({len(trace.tasks):,} tasks)")
-    top.set_ylabel("queued tasks")
-    bottom.set_ylabel("replicas")
+    per_slot = runs[0].setup.slots
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(9, 5.5), sharex=True, constrained_layout=True, height_ratios=(2, 1)
+    )
+    busy = [x / per_slot for x in load(trace, span, step)]
+    times = [i * step / scale for i in range(len(busy))]
+    top.fill_between(times, busy, step="post", color="0.85", label="load: pods the tasks keep busy")
+    for run in runs:
+        top.step(times, _means(run.timeline, 2, span, step), where="post", label=run.policy, linewidth=1.2)
+        bottom.step(times, _means(run.timeline, 1, span, step), where="post", label=run.policy, linewidth=1)
+    top.set_title(
+        f"gpufleet simulate --trace {trace.name}  ({len(trace.tasks):,} tasks; {step / 60:.0f}-minute means)"
+    )
+    top.set_ylabel("replicas")
+    bottom.set_ylabel("queued tasks")
     bottom.set_xlabel(f"time ({unit})")
-    top.legend(loc="upper right")
+    top.legend(loc="upper left", fontsize="small")
     fig.savefig(path, dpi=80)
     plt.close(fig)
