@@ -28,10 +28,11 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/hadolint worker_image/Dockerfile $(wildcard operator/Dockerfile) $(wildcard tests/e2e/images/*.Dockerfile)
 
-# Every test that needs neither a cluster, nor a Go-built binary, nor a container engine: no Go build, no Docker.
+# Every test that needs neither a cluster, nor a Go-built binary, nor a container engine, nor the package index:
+# no Go build, no Docker; four at a time (most of them wait on real workers and Redis, not on the CPU).
 unit:
 	GPUFLEET_SKIP_K8S_BUILD=1 GPUFLEET_SKIP_DOCKER=1 hack/bootstrap.sh
-	.venv/bin/python -m pytest -p no:cacheprovider -m "not cluster and not binaries and not images and not kind"
+	.venv/bin/python -m pytest -p no:cacheprovider -n 4 -m "not cluster and not binaries and not images and not kind and not network"
 
 e2e: bootstrap
 	.venv/bin/python -m pytest -p no:cacheprovider -m cluster

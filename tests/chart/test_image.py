@@ -102,6 +102,7 @@ def test_the_lock_pins_every_requirement_of_the_operator():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_the_image_requirements_install_into_a_fresh_venv_and_run(tmp_path):
     """What the image's build stage does, with a virtualenv for the image: lock alone, then the package."""
     venv = tmp_path / "venv"

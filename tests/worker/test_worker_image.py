@@ -110,6 +110,7 @@ def test_the_locks_pin_the_worker_extra_and_the_gpu_extra():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_the_image_requirements_install_and_run_a_worker(redis_url, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
