@@ -211,6 +211,8 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
             patch = None
     new_state = replace(
         state,
+        # The policy's memory (its windows, the idle timer, its last steps) goes on to the next tick.
+        history=decision.history if decision else state.history,
         decision=decision or state.decision,
         applied_generation=snap.generation if body is not None else state.applied_generation,
         warned=warned,

@@ -314,3 +314,17 @@ def test_a_restarted_operator_reads_the_start_up_back_from_the_status():
     state = FleetState.first("u1", {"startupSeconds": "62", "reason": "x"})
     p = step(snap(now=100, queued=1), replace(state, applied_generation=1))
     assert p.state.meter.startup_s == 62.0
+
+
+def test_the_policy_remembers_from_tick_to_tick():
+    # First seen idle at 100, busy at 110, idle from 111: the fleet keeps its pod until idleSecondsBeforeZero has
+    # passed since the last busy tick (110), not since the first one seen, and no longer.
+    spec = replace(SPEC, scaling=replace(SPEC.scaling, idle_seconds_before_zero=30))
+    state = FleetState(uid="u1", applied_generation=1)
+    for now, reserved in ((100, 0), (110, 1), (111, 0), (135, 0)):
+        p = step(snap(now=now, reserved=reserved, replicas=1, spec=spec), state)
+        state = p.state
+        assert p.state.decision.replicas == 1, p.state.decision.reason
+    assert state.history.last_busy == 110
+    gone = step(snap(now=141, replicas=1, spec=spec), state)
+    assert gone.state.decision.replicas == 0 and "for 30s" in gone.state.decision.reason
