@@ -152,7 +152,9 @@ def with_operator(rounds: int, stream_seconds: float) -> tuple[list[float], dict
                 time.sleep(1.0)
             minutes = (time.monotonic() - start) / 60
             after = writes_by_kind(port)
-            writes = {f"API writes per minute: {k}": (n - before.get(k, 0)) / minutes for k, n in after.items()}
+            writes = {
+                f"API writes per minute: {k}": (n - before.get(k, 0)) / minutes for k, n in after.items()
+            }
             wait_for("the stream done", tasks.all_done, timeout=180)
             op.stop()
             tasks.close()

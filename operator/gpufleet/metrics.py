@@ -28,10 +28,14 @@ probe_seconds = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 restored = Counter(
-    "gpufleet_tasks_restored_total", "Messages of dead workers put back in their queues by the operator.", FLEET
+    "gpufleet_tasks_restored_total",
+    "Messages of dead workers put back in their queues by the operator.",
+    FLEET,
 )
 api_writes = Counter(
-    "gpufleet_api_writes_total", "Writes the operator sent to the Kubernetes API, by what they wrote.", ("kind",)
+    "gpufleet_api_writes_total",
+    "Writes the operator sent to the Kubernetes API, by what they wrote.",
+    ("kind",),
 )
 probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
 

@@ -30,7 +30,9 @@ __all__ = [
 _EMPTY: Mapping = MappingProxyType({})
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # read by the ReplicaSet controller
 BUSY_LABEL = "gpufleet.dev/busy"  # "true" on pods running a task: the busy PodDisruptionBudget selects them
-KARPENTER_MANAGED_COST = "karpenter.sh/managed-deletion-cost"  # Karpenter's PodDeletionCostManagement marks its own
+KARPENTER_MANAGED_COST = (
+    "karpenter.sh/managed-deletion-cost"  # Karpenter's PodDeletionCostManagement marks its own
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Pod:
     unschedulable: bool  # PodScheduled=False with reason Unschedulable: no node has room (no free GPU)
     terminating: bool
     deletion_cost: str | None
-    protected: bool = False  # labelled busy: the busy PodDisruptionBudget and the autoscalers' annotations hold it
+    protected: bool = (
+        False  # labelled busy: the busy PodDisruptionBudget and the autoscalers' annotations hold it
+    )
     failed: bool = False  # phase Failed (evicted, for one): its worker is gone though the object stays
     cost_contested: bool = False  # another controller (Karpenter) manages its pod-deletion-cost
     created: float | None = None  # metadata.creationTimestamp (epoch seconds): start-up is measured from it
