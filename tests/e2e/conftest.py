@@ -25,8 +25,10 @@ HERE = Path(__file__).resolve().parent
 # On kind, pods are containers in the kind nodes' network: what these fixtures give a test is not there.
 SKIPS_ON_KIND = {
     "gpu_nodes": "adds kwok GPU nodes of its own; kind's nodes are real: runs on the local control plane",
-    "operator": "runs the operator on this machine for fleets whose Redis is on its loopback, out of reach of "
-    "pods in kind's nodes: runs on the local control plane (tests/e2e/test_kind_*.py run the operator's image)",
+    "redis_url": "its fleets' Redis is on this machine's loopback, out of reach of pods in kind's nodes: runs on "
+    "the local control plane (tests/e2e/test_kind_*.py run the chart's Redis in the cluster)",
+    "operator": "runs the operator as a process on this machine: runs on the local control plane "
+    "(tests/e2e/test_kind_*.py run the operator's image)",
 }
 KIND_ONLY = "needs pods that run containers (images, probes, signals): runs on kind (make e2e-kind)"
 

@@ -9,6 +9,7 @@ them: none lost, none run twice.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 import uuid
@@ -16,6 +17,8 @@ import uuid
 import pytest
 import redis
 import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from fleet import Kubectl, Tasks, queue_manifest, wait_for
 from kindfleet import Install, pods, poll, restricted_namespace, running, worker
@@ -40,9 +43,14 @@ def gpufleet(cluster, crd):
 
 @pytest.fixture
 def fleet(gpufleet, cluster):
-    """This test's fleets go after it (their pods first); the operator must stay healthy throughout."""
+    """After the test its fleets scale to zero, so that the next test has every GPU; the operator must have stayed
+    healthy throughout. (Deleting a queue is a test of its own, the module's last.)"""
     yield gpufleet
-    gpufleet.kubectl.run("delete", "gtq", "--all", "--wait=true")
+    to_zero = json.dumps(
+        {"spec": {"scaling": {"minReplicas": 0, "idleSecondsBeforeZero": 0, "paused": False}}}
+    )
+    for name in gpufleet.kubectl.run("get", "gtq", "-o", "name").stdout.split():
+        gpufleet.kubectl.run("patch", name, "--type=merge", "-p", to_zero)
     gpufleet.wait_workers_gone(timeout=180)
     gpufleet.assert_healthy()
 
@@ -108,8 +116,10 @@ def test_scale_in_spares_busy_workers_and_a_deleted_busy_worker_finishes_its_tas
     kubectl = apply_queue(
         fleet, cluster, "scalein", tasks.queue,
         scaling={"maxReplicas": 4, "scaleDownStabilizationSeconds": 2, "idleSecondsBeforeZero": 600},
+        terminationGracePeriodSeconds=90,
     )  # fmt: skip
-    tasks.send(2, seconds=45, prefix="long")
+    # Long enough to outlast the scale-in on a slow machine, short of the grace period.
+    tasks.send(2, seconds=60, prefix="long")
     tasks.send(2, seconds=1, prefix="short")
     wait_for("4 workers", lambda: kubectl.replicas("scalein-workers") == 4, timeout=30)
     wait_for("both long tasks started", lambda: len({r["marker"] for r in tasks.runs()} & {"long0", "long1"}) == 2,
@@ -225,3 +235,30 @@ def test_reaction_times(cluster, fleet, tasks):
             f"reaction, first task -> {what}: {[round(v, 1) for v in values]} "
             f"p50={statistics.median(values):.1f}s max={max(values):.1f}s"
         )
+
+
+def test_deleting_a_queue_takes_its_workers_away_for_good(cluster, fleet, tasks):
+    kubectl = apply_queue(
+        fleet, cluster, "deleted", tasks.queue, scaling={"minReplicas": 1, "maxReplicas": 1}
+    )
+    wait_for("a worker running", lambda: running(pods(cluster, fleet.namespace, "deleted")), timeout=120)
+    first = kubectl.get("deployment", "deleted-workers")["metadata"]["uid"]
+    kubectl.run("delete", "gtq", "deleted", "--wait=true")
+    # For 30 s: the garbage collector removes the Deployment (ownerReference), and nothing may write it again.
+    apps = client.AppsV1Api(cluster.api)
+    again: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            meta = apps.read_namespaced_deployment("deleted-workers", fleet.namespace).metadata
+        except ApiException as exc:
+            assert exc.status == 404, exc
+        else:
+            if meta.uid != first:
+                again[meta.uid] = [f.manager for f in meta.managed_fields or []]
+        time.sleep(0.2)
+    writers = sorted({manager for managers in again.values() for manager in managers})
+    assert again == {}, (
+        f"the deleted queue's Deployment was created {len(again)} times again, written by {writers}"
+    )
+    wait_for("its pods gone", lambda: not pods(cluster, fleet.namespace, "deleted"), timeout=120)
