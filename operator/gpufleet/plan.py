@@ -163,7 +163,12 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
         startup_s=meter.startup_s,
         slots=spec.worker.slots,
         ready=sum(1 for name in live if name in workers) if pods else None,
-        starting=tuple(snap.now - t for name, t in created.items() if name not in workers),
+        # Pods with no node for their GPU are not about to start: the policy counts them as just asked for.
+        starting=tuple(
+            snap.now - t
+            for name, t in created.items()
+            if name not in workers and not live[name].unschedulable
+        ),
     )
     state = replace(state, history=history, meter=meter, failures=0, next_probe=snap.now + poll)
     return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))

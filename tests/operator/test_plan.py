@@ -303,10 +303,12 @@ def test_the_observation_counts_ready_and_starting_pods_and_slots(monkeypatch):
         "up": Pod("up", True, False, False, None, created=10.0),
         "new": Pod("new", True, False, False, None, created=90.0),
         "going": Pod("going", True, False, True, None, created=5.0),
+        "no-gpu": Pod("no-gpu", False, True, False, None, created=20.0),
     }
     workers = {"up": WorkerState(False, 50.0, 300.0), "going": WorkerState(False, 50.0, 300.0)}
-    step(snap(now=100, replicas=2, workers=workers, pods=pods), FleetState(uid="u1", applied_generation=1))
+    step(snap(now=100, replicas=3, workers=workers, pods=pods), FleetState(uid="u1", applied_generation=1))
     (obs,) = seen
+    # "going" is being deleted; "no-gpu" waits for a node, so it is not counted as about to start.
     assert (obs.ready, obs.starting, obs.slots) == (1, (10.0,), 1)
 
 
