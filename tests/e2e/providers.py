@@ -19,6 +19,7 @@ nodes carry that label too).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -338,6 +339,24 @@ def _condition(obj: dict, type_: str) -> bool:
     return any(c["type"] == type_ and c["status"] == "True" for c in obj["status"].get("conditions", []))
 
 
+_session_lock: Any = None
+
+
+def _hold_session_lock() -> None:
+    """One kind session at a time on this machine: the session owns the cluster's name, and deletes a cluster of
+    that name an interrupted session left. Held until this process ends."""
+    global _session_lock
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpufleet" / "kind-e2e.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _session_lock = open(path, "w")  # noqa: SIM115 - held open for the session
+    try:
+        fcntl.flock(_session_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pytest.fail(
+            f"kind provider: another kind e2e session runs on this machine ({path} is locked)", pytrace=False
+        )
+
+
 def kind() -> Cluster:
     binaries = _binaries()
     program = str(_kind_program())
@@ -378,6 +397,7 @@ def kind() -> Cluster:
     image = _node_image()
     images = _kind_images()
     built = time.monotonic()
+    _hold_session_lock()
     delete()  # one left by an interrupted session
     create = [program, "create", "cluster", "--name", KIND_NAME, "--config", str(KIND_CONFIG)]
     create += ["--kubeconfig", str(kubeconfig), "--wait", "120s"] + (["--image", image] if image else [])
