@@ -160,7 +160,8 @@ def crd(cluster):
     # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
     wait_for("the CRD established", lambda: any(
         c["type"] == "Established" and c["status"] == "True"
-        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions", [])
+        # A new CRD's status may carry `conditions: null` before the first one.
+        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions") or []
     ))  # fmt: skip
 
 
