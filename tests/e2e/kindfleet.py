@@ -9,10 +9,12 @@ on this machine). Everything here talks only to the kind cluster and the contain
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,20 @@ def assert_enforces_restricted(cluster, namespace: str) -> None:
         "create", "--dry-run=server", "-f", "-", stdin=json.dumps(privileged), check=False
     )
     assert refused.returncode != 0 and 'violates PodSecurity "restricted' in refused.stderr, refused.stderr
+
+
+@contextlib.contextmanager
+def installed(cluster, prefix: str) -> Iterator[Install]:
+    """The chart (the CRD left to the session) in a new restricted namespace, with its Redis; uninstalled, and its
+    namespace deleted, afterwards."""
+    namespace = restricted_namespace(cluster, f"{prefix}-{uuid.uuid4().hex[:5]}")
+    install = Install(cluster, namespace)
+    try:
+        install.install("--set", "crds.install=false")
+        yield install
+    finally:
+        install.uninstall()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 class Install:

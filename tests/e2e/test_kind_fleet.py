@@ -21,25 +21,23 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from fleet import Kubectl, Tasks, queue_manifest, wait_for
-from kindfleet import Install, pods, poll, restricted_namespace, running, worker
+from kindfleet import Install, installed, pods, poll, running, worker
 
 pytestmark = pytest.mark.kind
 GPU = "nvidia.com/gpu"
 
 
+def on_kind(cluster) -> None:
+    if cluster.provider != "kind":
+        pytest.skip("builds on what the kind provider loads (the e2e images, fake GPUs on real nodes)")
+
+
 @pytest.fixture(scope="module")
 def gpufleet(cluster, crd):
     """The chart installed once for this module, in a restricted namespace of its own, with its Redis."""
-    if cluster.provider != "kind":
-        pytest.skip("builds on what the kind provider loads (the e2e images, fake GPUs on real nodes)")
-    namespace = restricted_namespace(cluster, f"kind-fleet-{uuid.uuid4().hex[:5]}")
-    install = Install(cluster, namespace)
-    try:
-        install.install("--set", "crds.install=false")
+    on_kind(cluster)
+    with installed(cluster, "kind-fleet") as install:
         yield install
-    finally:
-        install.uninstall()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -243,28 +241,37 @@ def test_reaction_times(cluster, fleet, tasks):
         )
 
 
-def test_deleting_a_queue_takes_its_workers_away_for_good(cluster, fleet, tasks):
-    kubectl = apply_queue(
-        fleet, cluster, "deleted", tasks.queue, scaling={"minReplicas": 1, "maxReplicas": 1}
-    )
-    wait_for("a worker running", lambda: running(pods(cluster, fleet.namespace, "deleted")), timeout=120)
-    first = kubectl.get("deployment", "deleted-workers")["metadata"]["uid"]
-    kubectl.run("delete", "gtq", "deleted", "--wait=true")
-    # For 30 s: the garbage collector removes the Deployment (ownerReference), and nothing may write it again.
-    apps = client.AppsV1Api(cluster.api)
-    again: dict[str, list[str]] = {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            meta = apps.read_namespaced_deployment("deleted-workers", fleet.namespace).metadata
-        except ApiException as exc:
-            assert exc.status == 404, exc
-        else:
-            if meta.uid != first:
-                again[meta.uid] = [f.manager for f in meta.managed_fields or []]
-        time.sleep(0.2)
-    writers = sorted({manager for managers in again.values() for manager in managers})
-    assert again == {}, (
-        f"the deleted queue's Deployment was created {len(again)} times again, written by {writers}"
-    )
-    wait_for("its pods gone", lambda: not pods(cluster, fleet.namespace, "deleted"), timeout=120)
+# Found by this test (2026-12-01): the operator's on.delete handler is optional (no finalizer), and kopf calls
+# such a handler only while a deletion waits on some finalizer; a queue deleted outright stays in the operator's
+# memory, whose ticks apply its Deployment again (server-side apply creates it), which the garbage collector
+# deletes, and so on. Strict: when the operator forgets deleted queues, this fails until the mark goes.
+@pytest.mark.xfail(strict=True, reason="the operator writes a deleted queue's Deployment again (kopf's optional "
+                   "on.delete handler never runs without a finalizer)")  # fmt: skip
+def test_deleting_a_queue_takes_its_workers_away_for_good(cluster, crd):
+    on_kind(cluster)
+    # An install of its own: were its Deployment to come back, uninstalling the operator ends it here.
+    with installed(cluster, "kind-delete") as fleet:
+        kubectl = apply_queue(
+            fleet, cluster, "deleted", "deleted", scaling={"minReplicas": 1, "maxReplicas": 1}
+        )
+        wait_for("a worker running", lambda: running(pods(cluster, fleet.namespace, "deleted")), timeout=120)
+        first = kubectl.get("deployment", "deleted-workers")["metadata"]["uid"]
+        kubectl.run("delete", "gtq", "deleted", "--wait=true")
+        # For 30 s: the garbage collector removes the Deployment (ownerReference); nothing may write it again.
+        apps = client.AppsV1Api(cluster.api)
+        again: dict[str, list[str]] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                meta = apps.read_namespaced_deployment("deleted-workers", fleet.namespace).metadata
+            except ApiException as exc:
+                assert exc.status == 404, exc
+            else:
+                if meta.uid != first:
+                    again[meta.uid] = [f.manager for f in meta.managed_fields or []]
+            time.sleep(0.2)
+        writers = sorted({manager for managers in again.values() for manager in managers})
+        assert again == {}, (
+            f"the deleted queue's Deployment was created {len(again)} times again, by {writers}"
+        )
+        wait_for("its pods gone", lambda: not pods(cluster, fleet.namespace, "deleted"), timeout=120)
