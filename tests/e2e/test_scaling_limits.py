@@ -64,7 +64,9 @@ def test_scale_up_stops_at_gpu_capacity_and_resumes_with_a_new_node(kubectl, ope
             "capped",
             redis_url,
             ["gpu"],
-            scaling={"maxReplicas": 8, "maxStepUp": 2},
+            # One pod per task (the wait-target rule off): this test is about capacity, so it must want more
+            # pods than 2 GPUs hold however fast the workers' start-up is measured on a loaded machine.
+            scaling={"maxReplicas": 8, "maxStepUp": 2, "targetWaitSeconds": 0},
             worker={"nodeSelector": gpu_nodes.selector},
         )
     )
@@ -97,7 +99,13 @@ def test_fleet_wide_budget_is_shared_fairly_and_priority_takes_the_remainder(
     try:
         for name, queue, priority in (("low", "qa", 1), ("high", "qb", 5)):
             kubectl.apply(
-                queue_manifest(name, redis_url, [queue], scaling={"maxReplicas": 10, "priority": priority})
+                # One pod per task (the wait-target rule off): both demands exceed the budget, whatever is measured.
+                queue_manifest(
+                    name,
+                    redis_url,
+                    [queue],
+                    scaling={"maxReplicas": 10, "priority": priority, "targetWaitSeconds": 0},
+                )  # fmt: skip
             )
         wait_for(
             "both Deployments",
