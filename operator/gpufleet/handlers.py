@@ -57,10 +57,14 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, **_) -> None:
     memo.controller.reconcile(dict(body))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def deleted(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
-    # No finalizer: the Deployment goes with the GpuTaskQueue through its ownerReference.
-    memo.controller.forget(namespace, name)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def queue_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
+    # No finalizer: the Deployment goes with the GpuTaskQueue through its ownerReference, and the operator forgets
+    # the queue when the watch says it is gone (an optional on.delete handler would run only while some finalizer
+    # held the deletion, so a queue deleted outright would be written again by the next tick).
+    if event.get("type") == "DELETED":
+        meta = event["object"]["metadata"]
+        memo.controller.forget(meta["namespace"], meta["name"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})

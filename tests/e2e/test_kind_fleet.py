@@ -241,12 +241,9 @@ def test_reaction_times(cluster, fleet, tasks):
         )
 
 
-# Found by this test (2026-12-01): the operator's on.delete handler is optional (no finalizer), and kopf calls
-# such a handler only while a deletion waits on some finalizer; a queue deleted outright stays in the operator's
-# memory, whose ticks apply its Deployment again (server-side apply creates it), which the garbage collector
-# deletes, and so on. Strict: when the operator forgets deleted queues, this fails until the mark goes.
-@pytest.mark.xfail(strict=True, reason="the operator writes a deleted queue's Deployment again (kopf's optional "
-                   "on.delete handler never runs without a finalizer)")  # fmt: skip
+# Found by this test (2026-12-01): the operator's on.delete handler was optional (no finalizer), and kopf calls
+# such a handler only while a deletion waits on some finalizer; a queue deleted outright stayed in the operator's
+# memory, whose ticks applied its Deployment again. The operator now forgets a queue on the watch's DELETED event.
 def test_deleting_a_queue_takes_its_workers_away_for_good(cluster, crd):
     on_kind(cluster)
     # An install of its own: were its Deployment to come back, uninstalling the operator ends it here.

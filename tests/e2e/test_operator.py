@@ -243,6 +243,10 @@ def test_deleting_the_queue_removes_the_deployment(kubectl, operator, redis_url)
         timeout=60,
     )
     wait_for("its pods gone", lambda: not kubectl.pods("gpufleet.dev/fleet=gone"), timeout=90)
+    # The operator forgot the queue: its ticks do not write the Deployment again (found on kind).
+    for _ in range(16):  # eight seconds of 0.5 s polls
+        time.sleep(0.5)
+        assert kubectl.get("deployment", "gone-workers") is None, "a deleted queue's Deployment came back"
 
 
 def test_missing_secret_holds_with_a_condition_and_recovers(kubectl, operator, redis_url):
