@@ -58,8 +58,10 @@ def assert_enforces_restricted(cluster, namespace: str) -> None:
 def installed(cluster, prefix: str) -> Iterator[Install]:
     """The chart (the CRD left to the session) in a new restricted namespace, with its Redis; uninstalled, and its
     namespace deleted, afterwards."""
-    namespace = restricted_namespace(cluster, f"{prefix}-{uuid.uuid4().hex[:5]}")
-    install = Install(cluster, namespace)
+    suffix = uuid.uuid4().hex[:5]
+    namespace = restricted_namespace(cluster, f"{prefix}-{suffix}")
+    # A release name of its own: the kopf ClusterRole it names is cluster-wide.
+    install = Install(cluster, namespace, release=f"gf-{suffix}")
     try:
         install.install("--set", "crds.install=false")
         yield install
@@ -71,7 +73,7 @@ def installed(cluster, prefix: str) -> Iterator[Install]:
 class Install:
     """One helm release of charts/gpufleet in `namespace`, serving that namespace only, with its Redis."""
 
-    def __init__(self, cluster, namespace: str, release: str = "gf"):
+    def __init__(self, cluster, namespace: str, release: str):
         self.cluster, self.namespace, self.release = cluster, namespace, release
         self.fullname = f"{release}-gpufleet"
         self.redis_name = f"{self.fullname}-redis"

@@ -34,8 +34,9 @@ def notes_queue(helm_output: str) -> dict:
 
 
 def test_helm_install_runs_the_operator_image_restricted_and_helm_test_passes(cluster, crd):
-    namespace = restricted_namespace(cluster, f"kind-helm-{uuid.uuid4().hex[:5]}")
-    install = Install(cluster, namespace)
+    suffix = uuid.uuid4().hex[:5]
+    namespace = restricted_namespace(cluster, f"kind-helm-{suffix}")
+    install = Install(cluster, namespace, release=f"gf-{suffix}")
     try:
         # The CRD is there already (kubectl apply, as README's "If the CRD already exists" says).
         notes = install.install("--set", "crds.install=false")
