@@ -387,6 +387,15 @@ def kind() -> Cluster:
         events = subprocess.run([str(binaries / "kubectl"), "--kubeconfig", str(kubeconfig), "get", "events", "-A",
                                  "--sort-by=.lastTimestamp"], capture_output=True, text=True)  # fmt: skip
         parts["events"] = "\n".join(events.stdout.splitlines()[-lines:])
+        # Every gpufleet operator's own log: what it decided, and why.
+        operators = json.loads(
+            kubectl("get", "pods", "-A", "-l", "app.kubernetes.io/component=operator", "-o", "json")
+        )
+        for pod in operators["items"]:
+            namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            log = subprocess.run([str(binaries / "kubectl"), "--kubeconfig", str(kubeconfig), "logs", "-n", namespace,
+                                  name, f"--tail={lines * 5}"], capture_output=True, text=True)  # fmt: skip
+            parts[f"operator {namespace}/{name}"] = log.stdout + log.stderr
         for node in node_names:
             journal = subprocess.run(["docker", "exec", node, "journalctl", "-u", "kubelet", "-u", "containerd",
                                       "--no-pager", "-n", str(lines)], capture_output=True, text=True)  # fmt: skip
