@@ -24,8 +24,15 @@ ROOT = HERE.parents[1]
 CRD = ROOT / "charts" / "gpufleet" / "files" / "gputaskqueues.crd.yaml"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.2) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` and the last value seen."""
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 90.0,
+    every: float = 0.2,
+    show: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll until `check()` is truthy; fail naming `what` and the last value seen (or what `show()` then
+    returns, when the check itself answers only yes or no)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -33,7 +40,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, every: 
         if last:
             return last
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+    seen = show() if show is not None else last
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {seen!r}")
 
 
 class Operator:
