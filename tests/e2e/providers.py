@@ -165,7 +165,7 @@ def local() -> Cluster:
     count, options = _pool()
     dev = DevCluster(_binaries(), gpu_nodes=count, node_options=options)
     dev.start()
-    return Cluster(
+    cluster = Cluster(
         "local",
         dev.kubeconfig,
         dev.bin_dir,
@@ -175,6 +175,10 @@ def local() -> Cluster:
         dev.control_plane.logs,
         dev.close,
     )
+    # The fault tests (test_faults.py) restart and pause its components (etcd, kube-apiserver) in a cluster of
+    # their own.
+    cluster.control_plane = dev.control_plane
+    return cluster
 
 
 def _on_cluster(
