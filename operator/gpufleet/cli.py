@@ -7,8 +7,11 @@ import importlib
 import json
 import logging
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 from gpufleet_worker import contract
 
@@ -24,6 +27,7 @@ TOOLS = {
     ),
 }
 COMMANDS = ("run", "depth", *TOOLS)
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _depth(args: argparse.Namespace) -> int:
@@ -62,8 +66,32 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=True,
         liveness_endpoint=args.liveness or None,
+        memo=kopf.Memo(election=_election(args)),
     )
     return 0
+
+
+def _election(args: argparse.Namespace):
+    """The Lease this replica competes for, or None (one replica alone: it writes from the start)."""
+    if not args.leader_election:
+        return None
+    from gpufleet.leader import Election, Timing
+
+    try:
+        timing = Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as exc:
+        raise SystemExit(f"gpufleet run: {exc}") from None
+    namespace = args.lease_namespace or _own_namespace()
+    identity = args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return Election(namespace, args.lease_name, identity, timing)
+
+
+def _own_namespace() -> str:
+    """The pod's namespace in a cluster (its ServiceAccount's mount), else `default`."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        return "default"
 
 
 def _steps(text: str) -> list[int]:
@@ -97,6 +125,35 @@ def parser(tool: str | None = None) -> argparse.ArgumentParser:
         help="GPUs all GpuTaskQueues may use together (also $GPUFLEET_GPU_BUDGET); default: no budget",
     )
     run.add_argument("--verbose", action="store_true")
+    ha = run.add_argument_group(
+        "leader election",
+        "With several operator replicas, exactly one writes: the holder of a coordination.k8s.io Lease. A "
+        "standby takes over within the lease duration plus the retry period after the leader dies, within the "
+        "retry period after it stops gracefully.",
+    )
+    ha.add_argument(
+        "--leader-election", action="store_true", help="compete for the Lease (off: write at once)"
+    )
+    ha.add_argument("--lease-name", default="gpufleet-operator", help="name of the Lease (gpufleet-operator)")
+    ha.add_argument(
+        "--lease-namespace", default=None, help="namespace of the Lease; default: the pod's own, else default"
+    )
+    ha.add_argument(
+        "--identity",
+        default=None,
+        help="this replica's name in the Lease; default: host name and a random id",
+    )
+    ha.add_argument(
+        "--lease-duration", type=float, default=15.0,
+        help="seconds a Lease left unrenewed is taken over by a standby (15)",
+    )  # fmt: skip
+    ha.add_argument(
+        "--renew-deadline", type=float, default=10.0,
+        help="seconds after its last renewal began that a leader stops writing; below the duration (10)",
+    )  # fmt: skip
+    ha.add_argument(
+        "--retry-period", type=float, default=2.0, help="seconds between renewals and between looks (2)"
+    )
     run.set_defaults(func=_run)
 
     depth = sub.add_parser(
