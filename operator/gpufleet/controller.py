@@ -77,6 +77,10 @@ class Controller:
 
     def tick(self) -> float:
         """One pass over the due fleets; returns the seconds until the next one is due."""
+        with metrics.tick_seconds.time():
+            return self._tick()
+
+    def _tick(self) -> float:
         now = self.clock()
         with self._lock:
             queues = dict(self._queues)

@@ -85,6 +85,7 @@ class Kube:
             raise
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        metrics.api_reads.labels("Deployment").inc()
         try:
             return self.client.sanitize_for_serialization(
                 self.apps.read_namespaced_deployment(name, namespace)
@@ -106,6 +107,7 @@ class Kube:
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """A Secret's key, decoded; None when the Secret or the key is missing."""
+        metrics.api_reads.labels("Secret").inc()
         try:
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:

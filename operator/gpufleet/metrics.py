@@ -32,6 +32,16 @@ restored = Counter(
     "Messages of dead workers put back in their queues by the operator.",
     FLEET,
 )
+tick_seconds = Histogram(
+    "gpufleet_tick_seconds",
+    "Time of one tick over every due fleet: observe, plan and apply.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+api_reads = Counter(
+    "gpufleet_api_reads_total",
+    "Reads the operator sent to the Kubernetes API outside its watches, by what they read.",
+    ("kind",),
+)
 api_writes = Counter(
     "gpufleet_api_writes_total",
     "Writes the operator sent to the Kubernetes API, by what they wrote.",
