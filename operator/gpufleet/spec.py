@@ -34,8 +34,18 @@ class TLSSpec:
 
 
 @dataclass(frozen=True)
+class SentinelSpec:
+    """Redis Sentinel: where to ask for the master of `master_name` (kombu's sentinel:// transport)."""
+
+    master_name: str
+    sentinels: tuple[tuple[str, int], ...]
+    password_secret_ref: SecretKeyRef | None = None  # the sentinels' own password, not the master's
+
+
+@dataclass(frozen=True)
 class BrokerSpec:
     url: str | None = None
+    sentinel: SentinelSpec | None = None
     url_secret_ref: SecretKeyRef | None = None
     password_secret_ref: SecretKeyRef | None = None
     database: int | None = None
@@ -135,6 +145,25 @@ def _check_url(url: str | None) -> None:
         raise SpecError("spec.broker.url", "must not carry credentials; use broker.passwordSecretRef")
 
 
+def _host_port(raw: str, path: str) -> tuple[str, int]:
+    """ "host:port" or "[v6]:port" (the CRD's pattern) into a pair; the port must be one TCP allows."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SpecError(path, f"{raw!r} is not host:port")
+    if not 1 <= int(port) <= 65535:
+        raise SpecError(path, f"{raw!r}: the port must be within 1..65535")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _sentinel(raw: Mapping[str, Any] | None) -> SentinelSpec | None:
+    if raw is None:
+        return None
+    hosts = tuple(
+        _host_port(h, f"spec.broker.sentinel.sentinels[{i}]") for i, h in enumerate(raw["sentinels"])
+    )
+    return SentinelSpec(raw["masterName"], hosts, _ref(raw.get("passwordSecretRef")))
+
+
 def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
     """Read a GpuTaskQueue spec (as served, or as written by hand) into the typed model.
 
@@ -146,6 +175,7 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
         tls = b["tls"]
         broker = BrokerSpec(
             url=b.get("url"),
+            sentinel=_sentinel(b.get("sentinel")),
             url_secret_ref=_ref(b.get("urlSecretRef")),
             password_secret_ref=_ref(b.get("passwordSecretRef")),
             database=b.get("database"),
@@ -213,10 +243,27 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
     return _validated(QueueSpec(broker, queues, worker, scaling))
 
 
+def _check_sentinel(b: BrokerSpec) -> None:
+    if b.url is not None or b.url_secret_ref is not None:
+        raise SpecError("spec.broker.sentinel", "set it instead of url and urlSecretRef, not with them")
+    if b.tls.enabled:
+        raise SpecError("spec.broker.sentinel", "with broker.tls is not supported yet")
+    if not b.sentinel.sentinels:
+        raise SpecError("spec.broker.sentinel.sentinels", "name at least one sentinel")
+    if len(set(b.sentinel.sentinels)) != len(b.sentinel.sentinels):
+        raise SpecError("spec.broker.sentinel.sentinels", "lists a sentinel twice")
+    if not b.sentinel.master_name or any(c.isspace() or c in ";/@" for c in b.sentinel.master_name):
+        raise SpecError("spec.broker.sentinel.masterName", "must be a name without spaces, ';', '/' or '@'")
+
+
 def _validated(spec: QueueSpec) -> QueueSpec:
     b, w, sc = spec.broker, spec.worker, spec.scaling
-    if (b.url is None) == (b.url_secret_ref is None):
-        raise SpecError("spec.broker", "exactly one of url and urlSecretRef must be set")
+    if b.sentinel is None and (b.url is None) == (b.url_secret_ref is None):
+        raise SpecError(
+            "spec.broker", "exactly one of url and urlSecretRef must be set (or sentinel instead of both)"
+        )
+    if b.sentinel is not None:
+        _check_sentinel(b)
     _check_url(b.url)
     if not spec.queues:
         raise SpecError("spec.queues", "name at least one Celery queue")
