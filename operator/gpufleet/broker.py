@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.sentinel
 
 from gpufleet.model import Depth, Reading
 from gpufleet_worker import contract
@@ -53,6 +54,10 @@ class Connection:
     tls: bool = False
     tls_insecure: bool = False
     tls_ca_pem: str | None = field(default=None, repr=False)
+    # Redis Sentinel (then `url` is unused): the master of `master_name`, as these sentinels know it now.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # a URL from a Secret may carry a password: show only the safe form
         return f"Connection({self.safe_url!r}, database={self.database}, tls={self.tls})"
@@ -60,13 +65,26 @@ class Connection:
     @property
     def safe_url(self) -> str:
         """The URL as it may be shown in a log, an Event or a status: credentials removed."""
+        if self.sentinels:
+            hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel://{hosts}/{self.master_name}"
         parts = urlsplit(self.url)
         netloc = parts.hostname or ""
         if parts.port:
             netloc += f":{parts.port}"
         return parts._replace(netloc=netloc, query="").geturl()
 
+    def sentinel_kwargs(self, timeout: float) -> dict:
+        """How to talk to the sentinels themselves (redis-py's `sentinel_kwargs`, as kombu's transport option)."""
+        return {
+            "password": self.sentinel_password,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
+
     def client_kwargs(self) -> dict:
+        if self.sentinels:  # the master's address comes from the sentinels at each connect
+            return {"db": self.database or 0, "password": self.password}
         parts = urlsplit(self.url)
         path_db = parts.path.strip("/")
         kwargs: dict = {
@@ -126,12 +144,18 @@ class RedisProbe:
 
     def __init__(self, connection: Connection, timeout: float = 2.0) -> None:
         self.connection = connection
-        self._client = redis.Redis(
-            **connection.client_kwargs(),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=4,
-        )
+        self._sentinel: redis.sentinel.Sentinel | None = None
+        kwargs = {**connection.client_kwargs(), "socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if connection.sentinels:
+            # Each new connection asks the sentinels for the master. After a failover the sentinels kill every
+            # client of the old master (CLIENT KILL TYPE normal), so the next probe connects to the new one;
+            # while no sentinel names a master that answers, the probe raises and the fleet is held.
+            self._sentinel = redis.sentinel.Sentinel(
+                connection.sentinels, sentinel_kwargs=connection.sentinel_kwargs(timeout), **kwargs
+            )
+            self._client = self._sentinel.master_for(connection.master_name, max_connections=4)
+        else:
+            self._client = redis.Redis(**kwargs, max_connections=4)
 
     def read(self, requests: Sequence[Request], now: float | None = None) -> dict[str, Reading]:
         now = time.time() if now is None else now
@@ -192,6 +216,9 @@ class RedisProbe:
 
     def close(self) -> None:
         self._client.close()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                client.close()
 
 
 class ProbePool:

@@ -93,7 +93,8 @@ class Observer:
         b = q.spec.broker
         values: dict[str, str] = {}
         refs = (("url", b.url_secret_ref), ("password", b.password_secret_ref),
-                ("ca", b.tls.ca_secret_ref if b.tls.enabled else None))  # fmt: skip
+                ("ca", b.tls.ca_secret_ref if b.tls.enabled else None),
+                ("sentinel", b.sentinel.password_secret_ref if b.sentinel else None))  # fmt: skip
         for name, ref in refs:
             if ref is None:
                 continue
@@ -108,8 +109,11 @@ class Observer:
                            f"Secret {q.namespace}/{ref.name} (key {ref.key!r}) named by spec.broker is missing")  # fmt: skip
                 return self._keep(q, None, problem)
             values[name] = value
-        conn = Connection(url=values.get("url") or b.url, password=values.get("password"), database=b.database,
-                          tls=b.tls.enabled, tls_insecure=b.tls.insecure_skip_verify, tls_ca_pem=values.get("ca"))  # fmt: skip
+        s = b.sentinel
+        conn = Connection(url=values.get("url") or b.url or "", password=values.get("password"), database=b.database,
+                          tls=b.tls.enabled, tls_insecure=b.tls.insecure_skip_verify, tls_ca_pem=values.get("ca"),
+                          sentinels=s.sentinels if s else (), master_name=s.master_name if s else None,
+                          sentinel_password=values.get("sentinel"))  # fmt: skip
         return self._keep(q, conn, None)
 
     def _keep(self, q: Queue, conn: Connection | None, problem: tuple[str, str] | None) -> _Resolved:

@@ -6,7 +6,7 @@ from typing import Any
 
 from gpufleet.crd import GROUP, KIND, VERSION
 from gpufleet.model import BUSY_LABEL, DELETION_COST
-from gpufleet.spec import QueueSpec
+from gpufleet.spec import QueueSpec, SentinelSpec
 from gpufleet_worker import contract
 
 MANAGED_BY = "gpufleet"
@@ -46,16 +46,36 @@ def _secret_env(var: str, ref) -> dict[str, Any]:
     return {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
+def sentinel_url(sentinel: SentinelSpec) -> str:
+    """kombu's sentinel:// broker URL, one per sentinel joined by ';', without credentials."""
+    return ";".join(
+        f"sentinel://[{h}]:{p}" if ":" in h else f"sentinel://{h}:{p}" for h, p in sentinel.sentinels
+    )
+
+
+def sentinel_env(sentinel: SentinelSpec) -> list[dict[str, Any]]:
+    env = [
+        {"name": "GPUFLEET_BROKER_URL", "value": sentinel_url(sentinel)},
+        {"name": "GPUFLEET_BROKER_SENTINEL_MASTER", "value": sentinel.master_name},
+    ]
+    if sentinel.password_secret_ref:
+        env.append(_secret_env("GPUFLEET_BROKER_SENTINEL_PASSWORD", sentinel.password_secret_ref))
+    return env
+
+
 def worker_env(spec: QueueSpec, namespace: str, name: str) -> list[dict[str, Any]]:
     """The environment of docs/worker-contract.md, then the user's own variables (which may override)."""
     b, w = spec.broker, spec.worker
     env: list[dict[str, Any]] = [
         {"name": "GPUFLEET_FLEET", "value": f"{namespace}/{name}"},
         {"name": "GPUFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        _secret_env("GPUFLEET_BROKER_URL", b.url_secret_ref)
-        if b.url_secret_ref
-        else {"name": "GPUFLEET_BROKER_URL", "value": b.url},
     ]
+    if b.sentinel:
+        env += sentinel_env(b.sentinel)
+    elif b.url_secret_ref:
+        env.append(_secret_env("GPUFLEET_BROKER_URL", b.url_secret_ref))
+    else:
+        env.append({"name": "GPUFLEET_BROKER_URL", "value": b.url})
     if b.password_secret_ref:
         env.append(_secret_env("GPUFLEET_BROKER_PASSWORD", b.password_secret_ref))
     if b.database is not None:

@@ -28,9 +28,7 @@ def configure(app: Celery, env: Mapping[str, str] | None = None) -> Settings:
         redis_backend_use_ssl=settings.broker_use_ssl
         if settings.result_backend == settings.broker_url
         else None,
-        result_backend_transport_options=(
-            {"global_keyprefix": settings.global_keyprefix} if settings.global_keyprefix else {}
-        ),
+        result_backend_transport_options=settings.result_transport_options,
         result_expires=settings.result_expires,
         task_serializer=codec.NAME,
         result_serializer=codec.NAME,

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from billiard.process import current_process
 from celery import Celery, signals
 
-from . import device, heartbeat
+from . import brokerclient, device, heartbeat
 from .errors import DeviceError, SettingsError
 from .settings import Settings, check_time_limit
 from .state import Keeper, delivery_tag
@@ -70,19 +69,10 @@ def _on_process_init(**_):
     heartbeat.beat(_settings.heartbeat_file)
 
 
-def _redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        **(settings.broker_use_ssl or {}),
-    )
-
-
 def _on_worker_ready(sender=None, **_):
     global _keeper
     hostname = sender.hostname if sender is not None else ""
-    client = _redis_client(_settings) if _settings.fleet else None
+    client = brokerclient.client(_settings) if _settings.fleet else None
     if client is None:
         logger.info("gpufleet: GPUFLEET_FLEET is unset, so this worker publishes no state")
     _keeper = Keeper(_settings, hostname, client)

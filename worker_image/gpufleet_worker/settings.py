@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from . import contract
@@ -20,6 +20,25 @@ DEFAULT_TASK_TIME_LIMIT = 3300
 
 
 @dataclass(frozen=True)
+class Sentinel:
+    """Redis Sentinel: the sentinels to ask for the master of `master_name`, and how to log in to both."""
+
+    master_name: str
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    password: str | None = field(default=None, repr=False)  # the master's
+    sentinel_password: str | None = field(default=None, repr=False)  # the sentinels' own
+
+    @property
+    def transport_options(self) -> dict:
+        """kombu's (and Celery's result backend's) transport options for a sentinel:// URL."""
+        options: dict = {"master_name": self.master_name}
+        if self.sentinel_password:
+            options["sentinel_kwargs"] = {"password": self.sentinel_password}
+        return options
+
+
+@dataclass(frozen=True)
 class Settings:
     fleet: str
     pod_name: str
@@ -27,6 +46,8 @@ class Settings:
     broker_use_ssl: dict | None
     result_backend: str | None
     transport_options: dict
+    result_transport_options: dict
+    sentinel: Sentinel | None
     global_keyprefix: str
     queues: tuple[str, ...]
     pool: str | None
@@ -95,6 +116,44 @@ def compose_broker_url(url: str, password: str | None, db: int | None) -> str:
     return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
+def _sentinel(env: Mapping[str, str], url: str, password: str | None, db: int | None) -> Sentinel | None:
+    """The sentinels of a kombu sentinel:// URL ("sentinel://h1:26379;sentinel://h2:26379")."""
+    master = env.get("GPUFLEET_BROKER_SENTINEL_MASTER", "").strip()
+    if not url.startswith("sentinel://"):
+        if master:
+            raise SettingsError(
+                "GPUFLEET_BROKER_SENTINEL_MASTER is set but GPUFLEET_BROKER_URL is not sentinel://"
+            )
+        return None
+    if not master:
+        raise SettingsError("GPUFLEET_BROKER_URL is sentinel:// but GPUFLEET_BROKER_SENTINEL_MASTER is unset")
+    hosts = []
+    for part in url.split(";"):
+        try:
+            parts = urlsplit(part.strip())
+            port = parts.port or 26379
+        except ValueError:
+            raise SettingsError(
+                f"GPUFLEET_BROKER_URL: {part.strip()!r} is not a sentinel://host:port URL"
+            ) from None
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise SettingsError(f"GPUFLEET_BROKER_URL: {part.strip()!r} is not a sentinel://host:port URL")
+        hosts.append((parts.hostname, port))
+        path_db = parts.path.strip("/")
+        if db is None and path_db.isdigit():
+            db = int(path_db)
+    sentinel_password = env.get("GPUFLEET_BROKER_SENTINEL_PASSWORD") or None
+    return Sentinel(master, tuple(hosts), db or 0, password, sentinel_password)
+
+
+def _sentinel_url(sentinel: Sentinel) -> str:
+    """kombu's URL: every part carries the password and database, as kombu may switch to any of them."""
+    auth = f":{quote(sentinel.password, safe='')}@" if sentinel.password else ""
+    return ";".join(
+        f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{p}/{sentinel.db}" for h, p in sentinel.sentinels
+    )
+
+
 def _ssl_options(env: Mapping[str, str], url: str) -> dict | None:
     if not url.startswith("rediss://"):
         return None
@@ -142,11 +201,13 @@ def restore_interval(visibility_timeout: int) -> int:
 
 def from_env(env: Mapping[str, str]) -> Settings:
     password = env.get("GPUFLEET_BROKER_PASSWORD") or None
-    broker_url = compose_broker_url(
-        env.get("GPUFLEET_BROKER_URL", "").strip() or DEFAULT_BROKER_URL,
-        password,
-        _int(env, "GPUFLEET_BROKER_DB", None),
-    )
+    raw_url = env.get("GPUFLEET_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
+    db = _int(env, "GPUFLEET_BROKER_DB", None)
+    sentinel = _sentinel(env, raw_url, password, db)
+    if sentinel is not None:
+        broker_url = _sentinel_url(sentinel)
+    else:
+        broker_url = compose_broker_url(raw_url, password, db)
     broker_use_ssl = _ssl_options(env, broker_url)
 
     backend = env.get("GPUFLEET_RESULT_BACKEND")
@@ -175,6 +236,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
         transport_options["priority_steps"] = steps
     if keyprefix:
         transport_options["global_keyprefix"] = keyprefix
+    result_transport_options: dict = {"global_keyprefix": keyprefix} if keyprefix else {}
+    if sentinel is not None:
+        transport_options |= sentinel.transport_options
+        if result_backend == broker_url:
+            result_transport_options |= sentinel.transport_options
 
     # Unset: use a GPU if one is visible (a developer's machine); "0": a CPU-only fleet, CuPy is not tried.
     gpus = _int(env, "GPUFLEET_GPUS", None)
@@ -185,6 +251,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         broker_use_ssl=broker_use_ssl,
         result_backend=result_backend,
         transport_options=transport_options,
+        result_transport_options=result_transport_options,
+        sentinel=sentinel,
         global_keyprefix=keyprefix,
         queues=_list(env.get("GPUFLEET_QUEUES", "")) or ("celery",),
         pool=env.get("GPUFLEET_POOL", "").strip() or None,
