@@ -40,6 +40,8 @@ PREFIX = "values don't meet the specifications of the schema"
             "at '/metrics/serviceMonitor/interval': 'often' does not match",
         ),
         (("resources.limits.memory=lots",), "at '/resources/limits/memory'"),
+        (("highAvailability.replicas=1",), "at '/highAvailability/replicas': minimum: got 1, want 2"),
+        (("highAvailability.leaseDurationSeconds=0",), "at '/highAvailability/leaseDurationSeconds'"),
     ],
 )
 def test_bad_values_are_refused_with_their_path(helm, sets, message):

@@ -75,7 +75,14 @@ KOPF_CLUSTER = [("apiextensions.k8s.io", "customresourcedefinitions", "list watc
 
 
 def test_lint_is_clean(helm):
-    for values in ([], ["namespaced.yaml"], ["redis.yaml"], ["monitoring.yaml"], ["no-crd.yaml"]):
+    for values in (
+        [],
+        ["namespaced.yaml"],
+        ["redis.yaml"],
+        ["monitoring.yaml"],
+        ["no-crd.yaml"],
+        ["ha.yaml"],
+    ):
         args = ["lint", "--strict", "--kube-version", "1.33.0", str(CHART)]
         for name in values:
             args += ["-f", str(CHART.parents[1] / "tests" / "chart" / "values" / name)]
@@ -225,6 +232,74 @@ def test_namespaced_rbac_stays_in_its_namespaces(helm):
         "--namespace=team-a",
         "--namespace=team-b",
     ]
+
+
+LEASE = [
+    ("coordination.k8s.io", "leases", "create", ()),
+    ("coordination.k8s.io", "leases", "get update", (FULLNAME,)),
+]
+
+
+def test_high_availability_runs_replicas_on_one_lease(helm):
+    rendered = helm.render("ha.yaml")
+    deployment = rendered.one("Deployment", FULLNAME)
+    spec, container = deployment["spec"], operator_container(rendered)
+    assert spec["replicas"] == 3
+    # A rollout adds a standby before it stops anyone: never fewer pods than asked for.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert container["args"] == [
+        "--liveness=http://0.0.0.0:8081/healthz",
+        "--leader-election",
+        f"--lease-name={FULLNAME}",
+        f"--lease-namespace={NAMESPACE}",
+        "--identity=$(POD_NAME)",
+        "--lease-duration=8",
+        "--renew-deadline=5.5",
+        "--retry-period=1",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    pod_labels = spec["template"]["metadata"]["labels"]
+    (spread,) = spec["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    pdb = rendered.one("PodDisruptionBudget", FULLNAME, NAMESPACE)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+    # The RBAC of the defaults, and the one Lease in the release namespace: created, then read and renewed by name.
+    held = grants(rendered)
+    assert set(held) == table(CLUSTER, GPUFLEET + KOPF_CLUSTER) | table(NAMESPACE, LEASE)
+    assert held[(NAMESPACE, "coordination.k8s.io", "leases", "update", (FULLNAME,))] == {f"{FULLNAME}-leader"}
+
+
+def test_high_availability_with_namespaced_rbac_keeps_the_lease_in_the_release_namespace(helm):
+    held = grants(helm.render("namespaced.yaml", "ha.yaml"))
+    assert {k for k in held if k[1] == "coordination.k8s.io"} == table(NAMESPACE, LEASE)
+
+
+def test_high_availability_off_is_one_pod_and_no_lease(helm):
+    rendered = helm.render()
+    assert rendered.one("Deployment", FULLNAME)["spec"]["replicas"] == 1
+    assert not rendered.all("PodDisruptionBudget")
+    assert not [k for k in grants(rendered) if k[1] == "coordination.k8s.io"]
+    assert "--leader-election" not in operator_container(rendered)["args"]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("highAvailability.renewDeadlineSeconds=15",),  # not below the duration: no fencing margin
+        ("highAvailability.retryPeriodSeconds=10",),  # no renewal before the deadline
+        ("highAvailability.leaseDurationSeconds=9",),
+    ],
+)
+def test_high_availability_refuses_timings_that_do_not_fence(helm, sets):
+    error = helm.refuse(sets=("highAvailability.enabled=true", *sets))
+    assert "retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds" in error, error
 
 
 def test_no_rbac_means_no_roles_and_an_existing_service_account(helm):
