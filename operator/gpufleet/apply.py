@@ -54,7 +54,8 @@ def apply(
         kube.event(ref, event.type, event.reason, event.message)
     if plan.status is not None:
         kube.patch_status(snap.namespace, snap.name, plan.status)
-    _export(snap, plan.gauges)
+    if plan.gauges is not None:
+        _export(snap, plan.gauges)
     return plan.state
 
 

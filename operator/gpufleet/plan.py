@@ -49,6 +49,8 @@ class FleetState:
     written: Mapping[str, Any] = field(default_factory=dict)  # the status as last written
     written_at: float = -math.inf  # when it was written
     last_scale_time: str | None = None
+    planned_at: float = -math.inf  # when the fleet was last planned (not merely found at rest)
+    planned_on: tuple | None = None  # what that plan was made from: (generation, reading, Deployment)
 
     @classmethod
     def first(cls, uid: str, written: Mapping[str, Any]) -> FleetState:
@@ -81,7 +83,7 @@ class Plan:
     scale_event: Event | None  # posted once the Deployment apply went through
     events: tuple[Event, ...]
     status: dict[str, Any] | None  # the merge patch of the status; None when nothing changed
-    gauges: Gauges
+    gauges: Gauges | None  # None: the metrics keep their values (a fleet at rest)
     state: FleetState  # what the fleet carries into the next tick once this plan is written
     pdb: dict[str, Any] | None = None  # the busy workers' PodDisruptionBudget, applied with the Deployment
     protect: Mapping[str, bool] = field(default_factory=dict)  # pod -> protect (busy) or release (idle)
@@ -102,15 +104,61 @@ def plan_tick(
 ) -> dict[Key, Plan]:
     """Plans for the fleets due this tick. `resting` are the other fleets: they still claim their share of the
     GPU budget, at what they last asked for."""
-    prepared = {s.key: _prepare(s, states.get(s.key) or FleetState()) for s in snapshots}
+    prepared, quiet = {}, {}
+    for s in snapshots:
+        state = states.get(s.key) or FleetState()
+        if at_rest(s, state):
+            quiet[s.key] = _rest(s, state)
+        else:
+            prepared[s.key] = _prepare(s, state)
     shares: dict = {}
     if gpu_budget is not None:
         claims = [_claim(key, p.snap.spec, p.demand) for key, p in prepared.items() if p.snap.spec]
-        for key, spec in resting.items():
+        holding = {**resting, **{s.key: s.spec for s in snapshots if s.key in quiet}}
+        for key, spec in holding.items():
             last = (states.get(key) or FleetState()).decision
             claims.append(_claim(key, spec, last.recommendation if last else spec.scaling.min_replicas))
         shares = divide(gpu_budget, claims)
-    return {key: _plan(p, shares.get(key), gpu_budget) for key, p in prepared.items()}
+    return quiet | {key: _plan(p, shares.get(key), gpu_budget) for key, p in prepared.items()}
+
+
+# A fleet at rest is still planned this often: time alone moves its measured figures and the policy's windows.
+REPLAN_SECONDS = 30.0
+
+
+def at_rest(snap: Snapshot, state: FleetState) -> bool:
+    """Whether planning this fleet now would change nothing: it is idle (nothing queued or running, no worker
+    and no pod, none deleted lately) at its minReplicas, which it last decided and has, its Deployment applied
+    for this spec; it reads as it did when it was last planned, and that was less than REPLAN_SECONDS ago.
+
+    Most fleets of a large cluster wait most of the time: planning each of them at every poll (the policy, the
+    meter, the status body and its comparison, the metrics) was most of the operator's work, for nothing. A
+    task queued, a pod, a worker, a changed spec or Deployment, or a failed probe plans the fleet at once."""
+    r, d, spec = snap.reading, snap.deployment, snap.spec
+    return (
+        spec is not None
+        and r is not None
+        and d is not None
+        and state.decision is not None
+        and r.depth.total == 0
+        and not r.workers
+        and not r.stale
+        and not snap.pods
+        and not snap.gone
+        and d.replicas == d.have == state.decision.replicas == spec.scaling.min_replicas
+        and state.applied_generation == snap.generation
+        and state.rejected is None
+        and state.failures == 0
+        and state.planned_on == (snap.generation, r, d)
+        and snap.now - state.planned_at < REPLAN_SECONDS
+    )
+
+
+def _rest(snap: Snapshot, state: FleetState) -> Plan:
+    """The plan of a fleet at rest: nothing to write; probed again at its next poll."""
+    state = replace(state, next_probe=snap.now + snap.spec.scaling.poll_interval_seconds)
+    return Plan(deployment=None, annotations={}, scale_event=None, events=(), status=None, gauges=None,
+                state=state)  # fmt: skip
 
 
 def _claim(key: Key, spec: QueueSpec, pods: int) -> Claim:
@@ -224,6 +272,8 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
         written=status if patch is not None else state.written,
         written_at=snap.now if patch is not None else state.written_at,
         last_scale_time=last_scale,
+        planned_at=snap.now,
+        planned_on=(snap.generation, snap.reading, snap.deployment),
     )
     return Plan(
         deployment=body,

@@ -330,3 +330,43 @@ def test_the_policy_remembers_from_tick_to_tick():
     assert state.history.last_busy == 110
     gone = step(snap(now=141, replicas=1, spec=spec), state)
     assert gone.state.decision.replicas == 0 and "for 30s" in gone.state.decision.reason
+
+
+def test_an_idle_fleet_at_its_floor_rests_until_something_changes():
+    first = step(snap(now=100, replicas=0), FleetState(uid="u1", applied_generation=1))
+    assert first.gauges is not None and first.state.planned_at == 100
+    resting = step(snap(now=101, replicas=0), first.state)
+    assert plan_module.at_rest(snap(now=101, replicas=0), first.state)
+    assert (resting.deployment, resting.status, resting.events, resting.gauges) == (None, None, (), None)
+    assert resting.state.next_probe == 101 + SPEC.scaling.poll_interval_seconds
+    assert resting.state.planned_at == 100 and resting.state.decision == first.state.decision
+
+    # A task queued is planned at once, and scales up.
+    woken = step(snap(now=102, queued=1, replicas=0), resting.state)
+    assert woken.deployment["spec"]["replicas"] == 1 and woken.gauges.direction == "up"
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"now": 100 + plan_module.REPLAN_SECONDS},  # time alone: planned again every REPLAN_SECONDS
+        {"deployment": Deployment(1, 1, 1)},  # someone scaled the Deployment
+        {"generation": 2},  # a new spec
+        {"pods": {"w-1": Pod("w-1", True, False, False, None)}},  # a pod that the fleet did not ask for
+        {"reading": None, "broker_error": "connection refused"},  # the broker went away
+        {"reading": Reading({"gpu": Depth(0, 0)}, {}, stale=("w-0",))},  # a dead worker's entry to put back
+    ],
+)
+def test_a_fleet_at_rest_is_planned_again_when_anything_it_reads_changes(changed):
+    first = step(snap(now=100, replicas=0), FleetState(uid="u1", applied_generation=1))
+    later = snap(now=101, replicas=0) if "now" not in changed else snap(replicas=0)
+    assert not plan_module.at_rest(replace(later, **changed), first.state)
+
+
+def test_a_fleet_is_not_at_rest_above_its_floor_or_before_its_deployment_is_applied():
+    held = step(snap(now=100, replicas=2), FleetState(uid="u1", applied_generation=1))
+    assert held.state.decision.replicas < 2  # idle above its floor: it scales down, never rests there
+    new = step(snap(now=100, replicas=0), FleetState(uid="u1"))  # the Deployment applied this tick
+    assert new.deployment is not None
+    assert plan_module.at_rest(snap(now=101, replicas=0), new.state)  # applied: rests from the next tick
+    assert not plan_module.at_rest(snap(now=101, replicas=0), replace(new.state, applied_generation=None))
