@@ -46,6 +46,7 @@ class Controller:
         self.wake = threading.Event()  # set when a queue changed: the ticker need not sleep its poll out
         self._queues: dict[Key, Queue] = {}  # written by handler threads, under the lock
         self._lock = threading.Lock()
+        self._changed = True  # a queue came, went or changed since the last tick (under the lock)
         self.states: dict[Key, FleetState] = {}  # the tick's thread only
 
     # ---- what the handlers saw ---------------------------------------------------------------------------
@@ -61,11 +62,13 @@ class Controller:
                       dict(body.get("status") or {}))  # fmt: skip
         with self._lock:
             self._queues[queue.key] = queue
+            self._changed = True
         self.wake.set()
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._queues.pop((namespace, name), None)
+            self._changed = True
         self.cache.forget(namespace, name)
 
     @property
@@ -84,12 +87,14 @@ class Controller:
         now = self.clock()
         with self._lock:
             queues = dict(self._queues)
-        self._drop_gone(queues)
-        for key, q in queues.items():
-            if key not in self.states or self.states[key].uid != q.uid:
-                self.states[key] = FleetState.first(q.uid, q.written)
-            if self.states[key].generation != q.generation:  # a changed spec is planned at once
-                self.states[key] = replace(self.states[key], generation=q.generation, next_probe=now)
+            changed, self._changed = self._changed, False
+        if changed:  # with thousands of fleets, a pass over all of them at every tick is not free
+            self._drop_gone(queues)
+            for key, q in queues.items():
+                if key not in self.states or self.states[key].uid != q.uid:
+                    self.states[key] = FleetState.first(q.uid, q.written)
+                if self.states[key].generation != q.generation:  # a changed spec is planned at once
+                    self.states[key] = replace(self.states[key], generation=q.generation, next_probe=now)
         due = [q for key, q in queues.items() if self.states[key].next_probe <= now]
 
         snapshots = self.observer.snapshots(due, lambda key: self.states[key].reresolve, now, self._failed)
