@@ -238,6 +238,9 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
         )
         if current is None or replicas != current or state.applied_generation != snap.generation:
             body = deployment(spec, namespace=snap.namespace, name=snap.name, uid=snap.uid, replicas=replicas)
+        if body is not None and (current is None or state.applied_generation != snap.generation):
+            # It names no replica count: applied with a new Deployment or spec, not one more write (ahead of the
+            # Deployment's) at every scale.
             pdb = busy_pdb(namespace=snap.namespace, name=snap.name, uid=snap.uid)
         if decision and current is not None and decision.replicas != current:
             up = decision.replicas > current

@@ -255,6 +255,11 @@ def test_the_busy_pdb_is_applied_with_the_deployment():
     assert p.pdb["kind"] == "PodDisruptionBudget" and p.pdb["spec"]["maxUnavailable"] == 0
     assert p.pdb["spec"]["selector"]["matchLabels"]["gpufleet.dev/busy"] == "true"
     assert step(snap(queued=1), p.state).pdb is None
+    scaled = step(snap(queued=4), p.state)
+    assert (
+        scaled.deployment["spec"]["replicas"] == 4 and scaled.pdb is None
+    )  # a scale alone: the Deployment only
+    assert step(snap(queued=4, generation=2), p.state).pdb is not None  # a new spec: both
 
 
 def test_live_figures_are_refreshed_every_few_seconds_and_changes_that_matter_at_once():
