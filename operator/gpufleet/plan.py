@@ -265,8 +265,14 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     if patch is not None and st.only_figures_changed(state.written, status):
         if snap.now - state.written_at < st.REFRESH_SECONDS:
             patch = None
+    creating = body is not None and snap.deployment is None
+    if creating:
+        # The status of a new fleet is written once, at the next tick (at once), with its Deployment: not first
+        # without it and again a second later, twice the writes when thousands of queues are applied together.
+        patch = None
     new_state = replace(
         state,
+        next_probe=snap.now if creating else state.next_probe,
         # The policy's memory (its windows, the idle timer, its last steps) goes on to the next tick.
         history=decision.history if decision else state.history,
         decision=decision or state.decision,

@@ -42,13 +42,16 @@ def conditions(p) -> dict[str, dict]:
     return {c["type"]: c for c in p.state.written["conditions"]}
 
 
-def test_a_new_fleet_gets_its_deployment_at_min_replicas_and_a_status():
-    p = step(snap(deployment=None))
+def test_a_new_fleet_gets_its_deployment_at_min_replicas_then_at_once_one_status():
+    p = step(snap(now=100, deployment=None))
     assert p.deployment["metadata"]["name"] == "embed-workers" and p.deployment["spec"]["replicas"] == 0
     assert p.scale_event is None and p.annotations == {}
-    assert p.status["observedGeneration"] == 1 and p.status["queued"] == 0
-    assert conditions(p)["BrokerReachable"]["status"] == "True"
-    assert "desiredReplicas" not in p.status  # nothing decided before the Deployment exists
+    # No status yet: it is written once, with the Deployment, at the next tick, which is due at once.
+    assert p.status is None and p.state.next_probe == 100
+    then = step(snap(now=100.05, replicas=0), p.state)
+    assert then.deployment is None and then.status["observedGeneration"] == 1 and then.status["queued"] == 0
+    assert then.status["deployment"] == "embed-workers" and then.status["desiredReplicas"] == 0
+    assert conditions(then)["BrokerReachable"]["status"] == "True"
 
 
 def test_steady_state_writes_nothing():
