@@ -103,6 +103,27 @@ class Watch(threading.Thread):
         return next((t for t, _, r, _ in self.samples if t >= after and r == reachable), None)
 
 
+S = {"masterName": "mymaster", "sentinels": ["s0:26379"]}
+INVALID = [
+    ("sentinel and url", {"sentinel": S, "url": "redis://r"}, "set it instead of broker.url"),
+    ("sentinel and TLS", {"sentinel": S, "tls": {"enabled": True}}, "not supported yet"),
+    ("no port", {"sentinel": {**S, "sentinels": ["s0"]}}, "spec.broker.sentinel.sentinels[0]"),
+    ("a URL for a sentinel", {"sentinel": {**S, "sentinels": ["sentinel://s0:1"]}}, "sentinels[0]"),
+    ("a sentinel twice", {"sentinel": {**S, "sentinels": ["s0:1", "s0:1"]}}, "Duplicate value"),
+    ("no master name", {"sentinel": {"sentinels": ["s0:1"]}}, "masterName: Required value"),
+    ("no sentinel", {"sentinel": {**S, "sentinels": []}}, "spec.broker.sentinel.sentinels"),
+]
+
+
+@pytest.mark.parametrize(("case", "broker", "words"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_sentinel_brokers_are_refused_at_apply(kubectl, case, broker, words):
+    body = {"apiVersion": "gpufleet.dev/v1alpha1", "kind": "GpuTaskQueue", "metadata": {"name": "invalid"},
+            "spec": {"broker": broker, "queues": ["q"], "worker": {"image": "w"}}}  # fmt: skip
+    out = kubectl.apply(json.dumps(body), check=False)
+    assert out.returncode != 0, f"{case}: accepted"
+    assert words in out.stderr, out.stderr
+
+
 def _producer(group: SentinelGroup) -> Celery:
     app = Celery("sentinel-producer")
     configure(app, group.worker_env() | {"GPUFLEET_QUEUES": "gpu"})
