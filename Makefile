@@ -9,9 +9,10 @@ demo: bootstrap
 	.venv/bin/gpufleet demo
 
 # Everything CI runs: lint, unit and integration tests on a real redis-server, e2e on the real control plane,
-# and the images built here run on the Docker engine (tests/images).
+# and the images built here run on the Docker engine (tests/images); then the e2e suite again on kind.
 test: bootstrap lint images
 	.venv/bin/python -m pytest -p no:cacheprovider
+	$(MAKE) --no-print-directory e2e-kind
 
 # gpufleet-operator:dev, gpufleet-worker:dev-cpu and gpufleet-worker:dev-cuda on the local Docker engine, from a
 # base made here (no registry needed); prints each image's size.
