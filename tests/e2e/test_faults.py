@@ -16,7 +16,7 @@ import signal
 import time
 
 import pytest
-from chaos import BlackholeProxy, ChaosTasks, PersistentRedis, probe_figures, probe_seconds
+from chaos import BlackholeProxy, ChaosTasks, KnownBug, PersistentRedis, probe_figures, probe_seconds
 
 import providers
 from fleet import CRD, Kubectl, Operator, queue_manifest, wait_for
@@ -49,7 +49,8 @@ def crd(cluster):
 
 @pytest.fixture
 def operator(cluster_env, namespace, crd, tmp_path):
-    """As the suite's operator fixture, with its metrics served on `op.metrics_port` (the probe's histogram)."""
+    """As the suite's operator fixture, with its metrics served on `op.metrics_port` (the probe's histogram).
+    Each test checks for a traceback itself, last: an xfail must cover it."""
     op = Operator(cluster_env, namespace, tmp_path)
     op.metrics_port = free_port()
     op.env["GPUFLEET_METRICS_PORT"] = str(op.metrics_port)
@@ -57,7 +58,6 @@ def operator(cluster_env, namespace, crd, tmp_path):
     yield op
     op.stop()
     print(f"--- operator log ({namespace}) ---\n{op.log()[-6000:]}")
-    op.assert_no_traceback()
 
 
 @pytest.fixture
@@ -89,6 +89,14 @@ def api_ready(cluster) -> bool:
     return cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
 
 
+def seen(kubectl, name: str, operator) -> str:
+    """What a failed wait shows: the Deployment's replicas, the queue's status, the operator's last lines."""
+    return (
+        f"replicas {kubectl.replicas(f'{name}-workers')}, status {kubectl.status(name)}\n"
+        f"operator log: {operator.log()[-3000:]}"
+    )
+
+
 def settle(kubectl, tasks: ChaosTasks, name: str, deployment: str) -> None:
     """Every task done, none lost, and the fleet back at zero."""
     wait_for("every task done", tasks.all_done, timeout=240, every=0.5, show=lambda: tasks.lost()[:20])
@@ -96,6 +104,13 @@ def settle(kubectl, tasks: ChaosTasks, name: str, deployment: str) -> None:
     wait_for("the fleet back at zero", lambda: kubectl.replicas(deployment) == 0, timeout=120)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,  # what assert_no_traceback raises; any other failure still fails the test
+    reason="operator bug: Controller._failed logs every API fault with log.exception, so a restarting API "
+    "server (connection refused, then 503 'the request has been made before all known HTTP paths have been "
+    "installed') leaves a traceback in the log, though the tick retries at the next poll as it should",
+)
 def test_api_server_restarted_mid_tick(cluster, kubectl, operator, redis_url, gpu_nodes):
     tasks = ChaosTasks(redis_url)
     deployment = make_fleet(kubectl, gpu_nodes, "apirestart", redis_url)
@@ -115,7 +130,12 @@ def test_api_server_restarted_mid_tick(cluster, kubectl, operator, redis_url, gp
     assert operator.proc.poll() is None, "the operator exited while the API server was away"
     # The fleet keeps scaling: a new burst takes it to its max.
     tasks.send(12, seconds=4, prefix="after")
-    wait_for("the fleet at its max after the restart", lambda: kubectl.replicas(deployment) == 4, timeout=60)
+    wait_for(
+        "the fleet at its max after the restart",
+        lambda: kubectl.replicas(deployment) == 4,
+        timeout=60,
+        show=lambda: seen(kubectl, "apirestart", operator),
+    )
     scaled = time.monotonic()
     settle(kubectl, tasks, "apirestart", deployment)
     duplicates = tasks.duplicates()
@@ -125,6 +145,7 @@ def test_api_server_restarted_mid_tick(cluster, kubectl, operator, redis_url, gp
         f"lost 0, run twice {len(duplicates)}; operator still running, back to 0 replicas"
     )
     assert duplicates == {}
+    operator.assert_no_traceback()
 
 
 def test_etcd_paused_for_10_seconds(cluster, kubectl, operator, redis_url, gpu_nodes):
@@ -156,32 +177,50 @@ def test_etcd_paused_for_10_seconds(cluster, kubectl, operator, redis_url, gpu_n
         f"{len(tasks.done())}/{len(tasks.sent)} done, lost 0, run twice {len(duplicates)}; back to 0 replicas"
     )
     assert duplicates == {}
+    operator.assert_no_traceback()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=KnownBug,
+    reason="operator bugs: (1) the probe gives up on a blackholed broker after ~25 s, not its 2 s timeout (redis-py "
+    "8's default Retry, 10 retries, applies to RedisProbe's client), and the tick waits for it, so fleets on a "
+    "healthy broker stall as long; (2) after the heal the operator puts back the tasks of every live worker whose "
+    "state entry expired while the broker was unreachable ('which is gone'), so each task in flight runs twice",
+)
 def test_redis_blackholed_holds_the_fleet_and_recovers(kubectl, operator, gpu_nodes):
-    with RedisServer() as server:
+    with RedisServer() as server, RedisServer() as other:
         proxy = BlackholeProxy(server.port)
         try:
-            blackholed(kubectl, gpu_nodes, ChaosTasks(server.url), proxy)
+            blackholed(kubectl, gpu_nodes, ChaosTasks(server.url), proxy, ChaosTasks(other.url))
         finally:
             proxy.close()
+    operator.assert_no_traceback()
 
 
-def blackholed(kubectl, gpu_nodes, tasks: ChaosTasks, proxy: BlackholeProxy) -> None:
-    # The operator and the workers reach Redis through the proxy; the test reads it directly.
+def blackholed(kubectl, gpu_nodes, tasks: ChaosTasks, proxy: BlackholeProxy, healthy: ChaosTasks) -> None:
+    # The operator and the workers reach Redis through the proxy; the test reads it directly. Another fleet of the
+    # same operator has a broker of its own, which stays reachable.
     deployment = make_fleet(kubectl, gpu_nodes, "blackhole", proxy.url(), scaleDownStabilizationSeconds=0)
+    other = make_fleet(kubectl, gpu_nodes, "healthy", healthy.redis_url)
     tasks.send(3, seconds=25, prefix="long")
     wait_for("3 workers, each running one task", lambda: kubectl.replicas(deployment) == 3 and
              len(tasks.redis.hkeys("chaos:runs")) == 3, timeout=90)  # fmt: skip
     proxy.blackhole()
     cut = time.monotonic()
     wait_for("BrokerReachable=False", lambda: kubectl.condition("blackhole", "BrokerReachable").get("status")
-             == "False", timeout=60, every=0.1)  # fmt: skip
+             == "False", timeout=90, every=0.1)  # fmt: skip
     detected = time.monotonic()
+    # Meanwhile work arrives for the healthy fleet: how soon does the operator, busy with the blackhole, see it?
+    healthy.send(1, seconds=1)
+    sent = time.monotonic()
     seen = set()
-    while time.monotonic() < detected + 15:
+    reacted = None
+    while time.monotonic() < detected + 30:
         seen.add(kubectl.replicas(deployment))
-        time.sleep(0.25)
+        if reacted is None and (kubectl.replicas(other) or 0) >= 1:
+            reacted = time.monotonic() - sent
+        time.sleep(0.2)
     status = kubectl.status("blackhole")
     warnings = [e for e in kubectl.events("blackhole") if e["reason"] == "BrokerUnreachable"]
     proxy.heal()
@@ -189,20 +228,32 @@ def blackholed(kubectl, gpu_nodes, tasks: ChaosTasks, proxy: BlackholeProxy) -> 
     wait_for("BrokerReachable=True again", lambda: kubectl.condition("blackhole", "BrokerReachable").get("status")
              == "True", timeout=60, every=0.1)  # fmt: skip
     recovered = time.monotonic()
-    assert seen == {3}, f"replicas moved while the broker was blackholed: {seen}"
-    assert "holding 3" in status.get("reason", ""), status
-    assert len(warnings) == 1 and warnings[0]["type"] == "Warning", warnings
     wait_for("every task done", tasks.all_done, timeout=120, every=0.5, show=tasks.lost)
     done = time.monotonic()
+    wait_for("the healthy fleet's task done", healthy.all_done, timeout=60)
     duplicates = tasks.duplicates()
     print(
         f"\nRedis blackholed {healed - cut:.1f}s: BrokerReachable=False {detected - cut:.1f}s after the cut "
-        f"(one Warning Event BrokerUnreachable), replicas held at 3 through {len(seen)} distinct value(s) "
-        f"sampled for 15 s; BrokerReachable=True {recovered - healed:.1f}s after the heal; every task done "
-        f"{done - healed:.1f}s after it: {len(tasks.done())}/{len(tasks.sent)}, lost 0, run twice {len(duplicates)}"
+        f"({len(warnings)} Warning Event BrokerUnreachable), replicas held at {sorted(seen, key=str)} sampled "
+        f"for 30 s; a task for another fleet (healthy broker) sent meanwhile scaled it up "
+        f"{'never' if reacted is None else f'{reacted:.1f}s'} after; BrokerReachable=True "
+        f"{recovered - healed:.1f}s after the heal; every task done {done - healed:.1f}s after it: "
+        f"{len(tasks.done())}/{len(tasks.sent)}, lost 0, run twice {len(duplicates)}"
     )
-    assert duplicates == {}
-    wait_for("the fleet back at zero", lambda: kubectl.replicas(deployment) == 0, timeout=120)
+    assert seen == {3}, f"replicas moved while the broker was blackholed: {seen}"
+    assert "holding 3" in status.get("reason", ""), status
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning", warnings
+    assert tasks.lost() == [] and healthy.lost() == []
+    wait_for("the fleets back at zero", lambda: kubectl.replicas(deployment) == kubectl.replicas(other) == 0,
+             timeout=120)  # fmt: skip
+    bugs = []
+    if detected - cut > 10 or reacted is None or reacted > 5:
+        bugs.append(f"the probe held the tick: unreachable after {detected - cut:.1f}s, other fleet reacted "
+                    f"after {reacted}s")  # fmt: skip
+    if duplicates:
+        bugs.append(f"ran twice after the heal: {sorted(duplicates)}")
+    if bugs:
+        raise KnownBug("; ".join(bugs))
 
 
 def test_redis_restarted_with_its_append_only_file(kubectl, operator, gpu_nodes):
@@ -212,6 +263,7 @@ def test_redis_restarted_with_its_append_only_file(kubectl, operator, gpu_nodes)
         restarted(kubectl, gpu_nodes, server, ChaosTasks(server.url))
     finally:
         server.close()
+    operator.assert_no_traceback()
 
 
 def restarted(kubectl, gpu_nodes, server: PersistentRedis, tasks: ChaosTasks) -> None:
@@ -284,3 +336,4 @@ def test_a_burst_of_100000_tasks(kubectl, operator, redis_url, gpu_nodes):
     assert duplicates == {}
     count = after[0] - before[0]
     assert count and (after[1] - before[1]) / count < 0.05, "the probe slowed down under the burst"
+    operator.assert_no_traceback()
