@@ -75,12 +75,12 @@ class Connection:
         return parts._replace(netloc=netloc, query="").geturl()
 
     def sentinel_kwargs(self, timeout: float) -> dict:
-        """How to talk to the sentinels themselves (redis-py's `sentinel_kwargs`, as kombu's transport option)."""
-        return {
-            "password": self.sentinel_password,
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-        }
+        """How to talk to the sentinels themselves (redis-py's `sentinel_kwargs`, as kombu's transport option).
+
+        redis-py asks them one after the other until one answers: each gets a share of the probe's timeout, so
+        that blackholed sentinels cost a connect no more than a blackholed master does (the tick waits on it)."""
+        share = max(0.2, timeout / max(1, len(self.sentinels)))
+        return {"password": self.sentinel_password, "socket_timeout": share, "socket_connect_timeout": share}
 
     def client_kwargs(self) -> dict:
         if self.sentinels:  # the master's address comes from the sentinels at each connect

@@ -134,6 +134,12 @@ def test_connection_shows_the_sentinels_never_the_passwords():
     conn = Connection("", password="m-pw", sentinels=(("s0", 26379), ("::1", 1)), master_name="mymaster",
                       sentinel_password="s-pw")  # fmt: skip
     assert conn.safe_url == "sentinel://s0:26379,[::1]:1/mymaster"
+    # Sentinels are asked in turn: together they may take the probe's timeout, no more.
+    assert conn.sentinel_kwargs(2.0) == {
+        "password": "s-pw",
+        "socket_timeout": 1.0,
+        "socket_connect_timeout": 1.0,
+    }
     assert "pw" not in repr(conn)
     assert conn != Connection("", password="m-pw", sentinels=(("s0", 26379),), master_name="mymaster")
 
