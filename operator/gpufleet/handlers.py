@@ -18,9 +18,9 @@ from gpufleet.leader import Election, Elector, FencedKube, KubeLeases
 from gpufleet.resources import MANAGED_BY
 
 log = logging.getLogger(__name__)
-STANDBY_LOOK = (
-    1.0  # seconds a standby's ticker sleeps between looks at its Elector (which wakes it on a lead)
-)
+STOP_WITHIN = 10.0  # seconds a stopping operator waits for the tick under way
+# Seconds a standby's ticker sleeps between looks at its Elector (which also wakes it when it comes to lead).
+STANDBY_LOOK = 1.0
 
 
 @kopf.on.startup()
@@ -64,11 +64,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         ).start()
     memo.controller = Controller(kube, gpu_budget=int(budget) if budget else None)
     metrics.serve(int(os.environ.get("GPUFLEET_METRICS_PORT", "8080")))
-    memo.ticker = asyncio.create_task(_tick_forever(memo.controller, memo.active))
+    memo.stopping = threading.Event()
+    memo.ticker = asyncio.create_task(_tick_forever(memo.controller, memo.active, memo.stopping))
 
 
-async def _tick_forever(controller: Controller, active: Callable[[], bool]) -> None:
-    while True:
+async def _tick_forever(
+    controller: Controller, active: Callable[[], bool], stopping: threading.Event
+) -> None:
+    while not stopping.is_set():
         if not active():
             # A standby only watches (its caches stay warm); the tick writes, so it waits for the Lease. What it
             # carried from ticks of an earlier lead is stale: leading again, it continues from the status, as a
@@ -89,7 +92,14 @@ async def _tick_forever(controller: Controller, active: Callable[[], bool]) -> N
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_) -> None:
-    memo.ticker.cancel()
+    # The tick under way finishes its writes (cancelling the task would not stop its thread, only orphan it);
+    # then, the Lease released, nothing more is written.
+    memo.stopping.set()
+    memo.controller.wake.set()
+    try:
+        await asyncio.wait_for(memo.ticker, timeout=STOP_WITHIN)
+    except TimeoutError:
+        log.warning("the last tick did not end within %s s; its writes are refused from now on", STOP_WITHIN)
     if "elector" in memo:
         memo.elector_stop.set()
         await asyncio.to_thread(memo.elector.release)  # a standby leads at its next look, not a lease later
