@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from gpufleet.spec import SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
+WRITERS = 8  # fleets written side by side: within the API client's connection pool
 
 
 class Controller:
@@ -48,6 +50,7 @@ class Controller:
         self._lock = threading.Lock()
         self._changed = True  # a queue came, went or changed since the last tick (under the lock)
         self.states: dict[Key, FleetState] = {}  # the tick's thread only
+        self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="gpufleet-write")
 
     # ---- what the handlers saw ---------------------------------------------------------------------------
 
@@ -99,22 +102,50 @@ class Controller:
 
         snapshots = self.observer.snapshots(due, lambda key: self.states[key].reresolve, now, self._failed)
         planned = {s.key for s in snapshots}
-        resting = {k: q.spec for k, q in queues.items() if k not in planned and q.spec is not None}
+        resting = (  # only a GPU budget needs the fleets not due: they claim their share of it
+            {k: q.spec for k, q in queues.items() if k not in planned and q.spec is not None}
+            if self.gpu_budget is not None
+            else {}
+        )
         plans = plan_tick(snapshots, self.states, resting, self.gpu_budget)
+        # Fleets are written side by side (a mass apply is thousands of API round trips: one after the other they
+        # took minutes), each fleet's writes in their order; a plan that puts tasks back uses the broker's small
+        # connection pool, so it is written here, as is one that writes nothing.
+        writes = {}
         for snap in snapshots:
-            try:
-                broker = self.observer.broker(queues[snap.key])
-                before = self.states[snap.key]
-                self.states[snap.key] = apply(self.kube, self.cache, snap, plans[snap.key], before, broker)
-            except Exception:
-                self._failed(snap.key)
+            plan, before = plans[snap.key], self.states[snap.key]
+            if plan.writes and not plan.restore:
+                writes[snap.key] = self._writers.submit(self._write, snap, plan, before, None)
+            else:
+                self._settle(
+                    snap.key, self._write(snap, plan, before, self.observer.broker(queues[snap.key]))
+                )
+        for key, future in writes.items():
+            self._settle(key, future.result())
 
         pending = [s.next_probe for s in self.states.values() if s.next_probe < math.inf]
         return max(0.05, min(pending) - self.clock()) if pending else 1.0
 
+    def _write(self, snap, plan, before: FleetState, broker) -> FleetState | None:
+        """Apply one fleet's plan; None when the API failed (logged here, with its traceback)."""
+        try:
+            return apply(self.kube, self.cache, snap, plan, before, broker)
+        except Exception:
+            log.exception("%s/%s: failed; retrying at its next poll", *snap.key)
+            return None
+
+    def _settle(self, key: Key, state: FleetState | None) -> None:
+        if state is None:
+            self._retry(key)
+        else:
+            self.states[key] = state
+
     def _failed(self, key: Key) -> None:
         """One fleet's API fault: logged, retried at its next poll; the other fleets go on."""
         log.exception("%s/%s: failed; retrying at its next poll", *key)
+        self._retry(key)
+
+    def _retry(self, key: Key) -> None:
         with self._lock:
             queue = self._queues.get(key)
         poll = queue.spec.scaling.poll_interval_seconds if queue and queue.spec else 1.0
@@ -126,4 +157,5 @@ class Controller:
         self.observer.keep_only(set(queues))
 
     def close(self) -> None:
+        self._writers.shutdown(wait=False, cancel_futures=True)
         self.observer.close()

@@ -90,6 +90,12 @@ class Plan:
     # Workers whose messages go back to their queues: (pod, only if its entry is still expired).
     restore: tuple[tuple[str, bool], ...] = ()
 
+    @property
+    def writes(self) -> bool:
+        """Whether applying it sends anything to the API or the broker."""
+        return bool(self.deployment or self.pdb or self.status or self.events or self.protect or self.annotations
+                    or self.restore)  # fmt: skip
+
 
 # A worker idle this long loses its protection; a steady stream of short tasks keeps it protected, so the
 # protection is written when a worker starts or stops working, not at every task.

@@ -346,6 +346,7 @@ def test_an_idle_fleet_at_its_floor_rests_until_something_changes():
     resting = step(snap(now=101, replicas=0), first.state)
     assert plan_module.at_rest(snap(now=101, replicas=0), first.state)
     assert (resting.deployment, resting.status, resting.events, resting.gauges) == (None, None, (), None)
+    assert first.writes and not resting.writes  # its status first; then nothing to send anywhere
     assert resting.state.next_probe == 101 + SPEC.scaling.poll_interval_seconds
     assert resting.state.planned_at == 100 and resting.state.decision == first.state.decision
 
