@@ -84,16 +84,11 @@ class Kube:
                 raise Rejected(_message(exc)) from None
             raise
 
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        metrics.api_reads.labels("Deployment").inc()
-        try:
-            return self.client.sanitize_for_serialization(
-                self.apps.read_namespaced_deployment(name, namespace)
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+    def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The Deployments of a namespace that match a label selector."""
+        metrics.api_reads.labels("Deployment/list").inc()
+        found = self.apps.list_namespaced_deployment(namespace, label_selector=selector)
+        return [self.client.sanitize_for_serialization(d) for d in found.items]
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         metrics.api_writes.labels("GpuTaskQueue/status").inc()

@@ -19,10 +19,11 @@ from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, Re
 from gpufleet.cache import Cache
 from gpufleet.kube import Forbidden, Kube
 from gpufleet.model import Deployment, Queue, Reading, Snapshot
-from gpufleet.resources import deployment_name
+from gpufleet.resources import MANAGED_BY, deployment_name
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
+MANAGED = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Observer:
         self.cache = cache
         self.probes = probes or ProbePool()
         self._resolved: dict[Key, _Resolved] = {}  # the tick's thread only
+        self._listed: set[str] = set()  # namespaces whose Deployments were listed once (the tick's thread only)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpufleet-probe")
 
     def snapshots(
@@ -167,16 +169,16 @@ class Observer:
         return self.cache.deployment(q.namespace, deployment_name(q.name))
 
     def _deployment(self, q: Queue) -> Deployment | None:
-        """From the watch's cache; from the API when the cache has none (at start, before the watch's listing
-        arrives, a missing entry must not read as a deleted Deployment)."""
-        cached = self._cached(q)
-        if cached is not None:
-            return cached
-        live = self.kube.get_deployment(q.namespace, deployment_name(q.name))
-        if live is None:
-            return None
-        self.cache.deployment_event("MODIFIED", live)
-        return Deployment.from_object(live)
+        """From the watch's cache. At start, before the watch's listing arrives, a missing entry must not read as
+        a deleted Deployment: the first fleet of a namespace that finds none lists the namespace's Deployments
+        into the cache, once (one request, where a read per fleet took thousands); from then on the watch and our
+        own applies keep the cache."""
+        if q.namespace not in self._listed:
+            for live in self.kube.list_deployments(q.namespace, MANAGED):
+                if self.cache.deployment(q.namespace, live["metadata"]["name"]) is None:
+                    self.cache.deployment_event("MODIFIED", live)
+            self._listed.add(q.namespace)
+        return self._cached(q)
 
     def keep_only(self, keys: set[Key]) -> None:
         """Forget the connections of fleets that are gone, and close the probes no fleet uses any more."""
