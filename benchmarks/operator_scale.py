@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -374,6 +375,8 @@ def main() -> None:
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--phase-timeout", type=float, default=900.0, help="bound of each phase, seconds")
     args = parser.parse_args()
+    # Stopped (`timeout`, kill): unwind, so that every cluster, broker and operator this started stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [1] + [int(s) for s in args.sizes.split(",") if s.strip() and int(s) != 1]
     binaries = bin_dir(build=True)
     rows = []
@@ -388,9 +391,7 @@ def main() -> None:
                 log = Path(tmp) / f"operator-{n}.log"
                 if log.exists():
                     print(f"--- operator log, {n} queues (tail) ---\n{log.read_text()[-3000:]}")
-            print(f"{n:,} queues: {time.monotonic() - began:.0f} s", flush=True)
-    print()
-    print(table(rows))
+            print(f"\n{n:,} queues: {time.monotonic() - began:.0f} s in all\n{table(rows)}\n", flush=True)
 
 
 if __name__ == "__main__":
