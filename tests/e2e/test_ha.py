@@ -9,6 +9,7 @@ chart installs, so the takeover time printed here is the one users get.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.cluster
 
 LEASE = "gpufleet-ha"
 DURATION, RETRY = 15.0, 2.0  # leader.Timing's defaults
+MAX = 8  # the fleet's maxReplicas (on 4 GPUs: 4 pods run, the others wait Pending, which is fine here)
 
 
 def free_port() -> int:
@@ -114,9 +116,9 @@ def test_standby_takes_over_a_killed_leader_without_flap(
     b.op.start()
     wait_for("op-b's metrics", lambda: b.writes() is not None, timeout=60)
 
-    gpu_nodes.add(1, gpus=6)
+    gpu_nodes.add(1, gpus=4)
     kubectl.apply(queue_manifest("ha", redis_url, ["gpu"], worker={"nodeSelector": gpu_nodes.selector},
-                                 scaling={"maxReplicas": 4, "targetTasksPerReplica": 5,
+                                 scaling={"maxReplicas": MAX, "targetTasksPerReplica": 5,
                                           # no scale-down within the test: any drop of replicas is a flap
                                           "scaleDownStabilizationSeconds": 300, "idleSecondsBeforeZero": 300}))  # fmt: skip
     wait_for("the worker Deployment", lambda: kubectl.get("deployment", "ha-workers"))
@@ -137,7 +139,7 @@ def test_standby_takes_over_a_killed_leader_without_flap(
         wait_for("2 replicas", lambda: (kubectl.replicas("ha-workers") or 0) >= 2, timeout=60)
         wait_for("a worker running", lambda: any(p["status"].get("phase") == "Running"
                                                  for p in kubectl.pods("gpufleet.dev/fleet=ha")), timeout=90)  # fmt: skip
-        time.sleep(5)  # the leader at work: status, Events, pod annotations
+        time.sleep(3)  # the leader at work: status, Events, pod annotations
 
         # The standby has written nothing; kopf keeps no state on the queue (no diff-base annotation).
         assert sum((a.writes() or {}).values()) > 0, "the leader wrote nothing: the test shows nothing"
@@ -146,11 +148,12 @@ def test_standby_takes_over_a_killed_leader_without_flap(
         assert not [k for k in annotations if k.startswith("gpufleet.dev/last-handled")], annotations
         assert lease_holder(cluster.api, namespace) == "op-a"
         before = kubectl.replicas("ha-workers")
+        assert before < MAX, f"the fleet is at its maximum ({before}) before the kill: no reaction to measure"
 
-        # New work arrives as the leader dies: 20 tasks of 5 s, enough for the maximum of 4 workers.
+        # New work arrives as the leader dies: 40 tasks of 4 s, enough for the maximum of 8 workers.
         a.op.kill()
         killed = time.monotonic()
-        tasks.send(20, seconds=5, prefix="b")
+        tasks.send(40, seconds=4, prefix="b")
 
         led = wrote = None
         while time.monotonic() - killed < DURATION + RETRY + 30 and not (led and wrote):
@@ -159,6 +162,7 @@ def test_standby_takes_over_a_killed_leader_without_flap(
             if wrote is None and sum((b.writes() or {}).values()) > 0:
                 wrote = time.monotonic() - killed
             time.sleep(0.05)
+        print(f"killed at replicas={before}; op-b leads {led}, writes {wrote}")
         wait_for("the scale-up by op-b", lambda: history.first_above(before, killed), timeout=60)
         reacted = history.first_above(before, killed) - killed
         print(f"takeover after SIGKILL of the leader (lease {DURATION:.0f}s, retry {RETRY:.0f}s): "
@@ -170,7 +174,7 @@ def test_standby_takes_over_a_killed_leader_without_flap(
         assert DURATION - RETRY - 1 <= led <= DURATION + RETRY + 3, led
         assert reacted <= DURATION + RETRY + 5, reacted
 
-        wait_for("4 replicas", lambda: kubectl.replicas("ha-workers") == 4, timeout=60)
+        wait_for(f"{MAX} replicas", lambda: kubectl.replicas("ha-workers") == MAX, timeout=60)
         stop.set()
         producer.join()
         wait_for("every task done", lambda: tasks.all_done() and trickle.all_done(), timeout=240, every=0.5)
@@ -193,3 +197,45 @@ def test_standby_takes_over_a_killed_leader_without_flap(
     rises_by_b = len([t for t, _ in history.seen if t >= killed])
     assert (b.writes() or {}).get("Event", 0) <= rises_by_b + 1, b.writes()
     assert tasks.duplicates() == {} and trickle.duplicates() == {}, "a task ran twice"
+
+
+def test_a_frozen_leader_writes_nothing_once_it_wakes(cluster, kubectl, namespace, replicas, redis_url):
+    """Fencing: the leader frozen (SIGSTOP, as in a long GC pause or a VM freeze) past its Lease's duration, the
+    standby leads; the old leader, woken (SIGCONT) into a world that changed, has passed its renew deadline and
+    writes nothing, though its fleet's state would call for writes."""
+    a, b = replicas
+    a.op.start()
+    wait_for("op-a to lead", lambda: lease_holder(cluster.api, namespace) == "op-a", timeout=60)
+    b.op.start()
+    wait_for("op-b's metrics", lambda: b.writes() is not None, timeout=60)
+    # No GPU node: the pods stay Pending; what matters is what each operator writes.
+    kubectl.apply(
+        queue_manifest("frozen", redis_url, ["gpu"], scaling={"maxReplicas": 3, "targetTasksPerReplica": 1})
+    )
+    wait_for("the worker Deployment", lambda: kubectl.get("deployment", "frozen-workers"))
+    wait_for("a status", lambda: kubectl.status("frozen").get("conditions"))
+    tasks = Tasks(redis_url, "gpu")
+    try:
+        a.op.proc.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        wait_for(
+            "op-b to lead",
+            lambda: lease_holder(cluster.api, namespace) == "op-b",
+            timeout=DURATION + RETRY + 10,
+        )
+        print(f"op-b leads {time.monotonic() - frozen:.2f}s after op-a froze")
+        tasks.send(2, seconds=1)  # new work: op-b scales to 2 while op-a sleeps
+        wait_for("op-b's scale-up", lambda: kubectl.replicas("frozen-workers") == 2, timeout=30)
+    finally:
+        a.op.proc.send_signal(signal.SIGCONT)
+    woke_writes = wait_for("op-a's metrics after SIGCONT", a.writes, timeout=10)
+    time.sleep(6)  # a dozen of op-a's ticks at 0.5 s, and three looks at the Lease
+    assert a.writes() == woke_writes, f"op-a wrote after it woke: {woke_writes} -> {a.writes()}"
+    assert "op-a no longer leads" in a.op.log()
+    assert lease_holder(cluster.api, namespace) == "op-b"
+    # op-b goes on writing (the status of one more queued task); op-a still does not.
+    written = sum(b.writes().values())
+    tasks.send(1, seconds=1)
+    wait_for("op-b to write the new depth", lambda: sum(b.writes().values()) > written, timeout=30)
+    assert a.writes() == woke_writes
+    tasks.close()
