@@ -188,3 +188,20 @@ def test_an_unreachable_api_keeps_the_leader_until_its_deadline(world):
     clock.now += 1
     a.step()
     assert not a.active()
+
+
+def test_the_command_line_names_the_lease_and_refuses_timings_that_do_not_fence():
+    from gpufleet.cli import _election, parser
+
+    args = parser().parse_args(["run", "--leader-election", "--lease-namespace", "ops", "--identity", "pod-1",
+                                "--lease-duration", "8", "--renew-deadline", "5.5", "--retry-period", "1"])  # fmt: skip
+    election = _election(args)
+    assert (election.namespace, election.name, election.identity) == ("ops", "gpufleet-operator", "pod-1")
+    assert election.timing == Timing(8, 5.5, 1)
+    assert _election(parser().parse_args(["run"])) is None  # one replica alone writes from the start
+    # Two processes on one host never share an identity.
+    one, two = (_election(parser().parse_args(["run", "--leader-election"])) for _ in range(2))
+    assert one.identity != two.identity
+    bad = parser().parse_args(["run", "--leader-election", "--renew-deadline", "20"])
+    with pytest.raises(SystemExit, match="retry period < renew deadline < lease duration"):
+        _election(bad)
