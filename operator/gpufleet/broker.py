@@ -10,6 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gpufleet.model import Depth, Reading
 from gpufleet_worker import contract
@@ -80,7 +82,8 @@ class Connection:
         redis-py asks them one after the other until one answers: each gets a share of the probe's timeout, so
         that blackholed sentinels cost a connect no more than a blackholed master does (the tick waits on it)."""
         share = max(0.2, timeout / max(1, len(self.sentinels)))
-        return {"password": self.sentinel_password, "socket_timeout": share, "socket_connect_timeout": share}
+        return {"password": self.sentinel_password, "socket_timeout": share, "socket_connect_timeout": share,
+                "retry": Retry(NoBackoff(), 0)}  # fmt: skip
 
     def client_kwargs(self) -> dict:
         if self.sentinels:  # the master's address comes from the sentinels at each connect
@@ -145,7 +148,16 @@ class RedisProbe:
     def __init__(self, connection: Connection, timeout: float = 2.0) -> None:
         self.connection = connection
         self._sentinel: redis.sentinel.Sentinel | None = None
-        kwargs = {**connection.client_kwargs(), "socket_timeout": timeout, "socket_connect_timeout": timeout}
+        # One retry at once, no more: it covers a pooled connection the server dropped while idle (a restart, a
+        # failover's CLIENT KILL), while a blackholed broker costs at most two timeouts. redis-py's default
+        # (several retries with a growing back-off) made one probe of a blackholed broker take ~25 s, and the
+        # tick, which waits for every broker's probe, stalled every other fleet as long.
+        kwargs = {
+            **connection.client_kwargs(),
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 1),
+        }
         if connection.sentinels:
             # Each new connection asks the sentinels for the master. After a failover the sentinels kill every
             # client of the old master (CLIENT KILL TYPE normal), so the next probe connects to the new one;
