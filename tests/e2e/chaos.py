@@ -197,9 +197,21 @@ class ChaosTasks:
         queued, reserved, done = pipe.llen(self.queue).hlen("unacked").scard(DONE).execute()
         return queued, reserved, done
 
+    def accounted(self) -> tuple[set[str], set[str], set[str]]:
+        """The markers of the tasks queued, reserved and done, read in one MULTI."""
+        pipe = self.redis.pipeline(transaction=True)
+        queued, reserved, done = pipe.lrange(self.queue, 0, -1).hvals("unacked").smembers(DONE).execute()
+        return ({_marker(json.loads(m)) for m in queued}, {_marker(json.loads(v)[0]) for v in reserved},
+                {m.decode() for m in done})  # fmt: skip
+
     def close(self) -> None:
         self.app.close()
         self.redis.close()
+
+
+def _marker(message: dict) -> str:
+    """The marker of a chaos.work message as kombu stores it (a JSON body, base64-encoded)."""
+    return json.loads(base64.b64decode(message["body"]))[0][0]
 
 
 def probe_seconds(metrics_port: int) -> tuple[int, float, dict[float, int]]:
