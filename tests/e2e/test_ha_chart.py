@@ -102,7 +102,7 @@ def test_helm_high_availability_one_leader_hands_over_on_sigterm(cluster, namesp
             led = logged_at(operator_log(cluster, standby_pod), " leads (Lease")
             print(f"graceful handover: pod deleted -> standby holds the Lease {handover:.2f}s; "
                   f"leader's release -> standby leads {led - stopped:.2f}s")  # fmt: skip
-            assert 0 <= led - stopped <= RETRY + 1, led - stopped
+            assert 0 <= led - stopped <= RETRY + 2, led - stopped  # its next look, on a loaded machine
             assert handover < 10, "slower than a release: the standby waited for the Lease to expire (15 s)"
             cluster.kubectl("apply", "-f", "-", stdin=queue("second", namespace))
             reconciled(cluster, namespace, "second")
