@@ -8,6 +8,7 @@ goes out as a new one.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -162,9 +163,17 @@ def at_rest(snap: Snapshot, state: FleetState) -> bool:
 
 def _rest(snap: Snapshot, state: FleetState) -> Plan:
     """The plan of a fleet at rest: nothing to write; probed again at its next poll."""
-    state = replace(state, next_probe=snap.now + snap.spec.scaling.poll_interval_seconds)
+    state = replace(state, next_probe=next_poll(snap.now, snap.spec.scaling.poll_interval_seconds, snap.uid))
     return Plan(deployment=None, annotations={}, scale_event=None, events=(), status=None, gauges=None,
                 state=state)  # fmt: skip
+
+
+def next_poll(now: float, poll: float, uid: str) -> float:
+    """When a fleet is probed next: at its own phase of its poll interval, drawn from its uid. Fleets applied
+    together would otherwise be probed together for ever: every tick would read and plan all of them at once, and
+    a task would wait for the whole of such a tick; spread, each tick takes a few of them."""
+    phase = zlib.crc32(uid.encode()) / 2**32 * poll
+    return now + ((phase - now) % poll or poll)
 
 
 def _claim(key: Key, spec: QueueSpec, pods: int) -> Claim:
@@ -189,7 +198,7 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
         return _Prepared(snap, replace(state, next_probe=math.inf), None)
     poll = spec.scaling.poll_interval_seconds
     if snap.deployment is None:
-        return _Prepared(snap, replace(state, next_probe=snap.now + poll), None)
+        return _Prepared(snap, replace(state, next_probe=next_poll(snap.now, poll, snap.uid)), None)
     current = snap.deployment.replicas
     history = state.history or seeded(snap.now, current)
     if snap.reading is None:
@@ -224,7 +233,8 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
             if name not in workers and not live[name].unschedulable
         ),
     )
-    state = replace(state, history=history, meter=meter, failures=0, next_probe=snap.now + poll)
+    next_probe = next_poll(snap.now, poll, snap.uid)
+    state = replace(state, history=history, meter=meter, failures=0, next_probe=next_probe)
     return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
 
 

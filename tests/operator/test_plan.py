@@ -347,7 +347,7 @@ def test_an_idle_fleet_at_its_floor_rests_until_something_changes():
     assert plan_module.at_rest(snap(now=101, replicas=0), first.state)
     assert (resting.deployment, resting.status, resting.events, resting.gauges) == (None, None, (), None)
     assert first.writes and not resting.writes  # its status first; then nothing to send anywhere
-    assert resting.state.next_probe == 101 + SPEC.scaling.poll_interval_seconds
+    assert resting.state.next_probe == plan_module.next_poll(101, SPEC.scaling.poll_interval_seconds, "u1")
     assert resting.state.planned_at == 100 and resting.state.decision == first.state.decision
 
     # A task queued is planned at once, and scales up.
@@ -379,3 +379,16 @@ def test_a_fleet_is_not_at_rest_above_its_floor_or_before_its_deployment_is_appl
     assert new.deployment is not None
     assert plan_module.at_rest(snap(now=101, replicas=0), new.state)  # applied: rests from the next tick
     assert not plan_module.at_rest(snap(now=101, replicas=0), replace(new.state, applied_generation=None))
+
+
+def test_fleets_are_probed_each_at_its_own_phase_of_the_poll():
+    poll = 1.0
+    first = plan_module.next_poll(100.37, poll, "u1")
+    assert 100.37 < first <= 101.37
+    assert plan_module.next_poll(first, poll, "u1") == pytest.approx(first + poll)  # every poll after that
+    assert plan_module.next_poll(first + 0.2, poll, "u1") == pytest.approx(
+        first + poll
+    )  # a late tick: same slot
+    # A thousand fleets applied together: spread over the poll, not all in one tick.
+    slots = [int((plan_module.next_poll(100.0, poll, f"uid-{i}") % poll) * 20) for i in range(1000)]
+    assert max(slots.count(s) for s in range(20)) < 100
