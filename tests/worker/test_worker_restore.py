@@ -66,6 +66,28 @@ def test_a_killed_workers_task_starts_again_on_a_live_worker(redis_url, tmp_path
     assert not client.hexists(STATE_KEY, "matrix-0")
 
 
+def test_a_stalled_broker_puts_back_no_live_workers_task(redis_server, redis_url, tmp_path):
+    """Redis stalls (a partition, a blackhole) for longer than an entry lives: every entry expires, the busy
+    worker's too. When it answers again, the idle worker must not take the busy one for dead: it waits an entry's
+    lifetime, by which time the busy worker has written its entry again, so its task runs once."""
+    markers = tmp_path / "runs"
+    markers.mkdir()
+    fast = {"GPUFLEET_STATE_INTERVAL": "1"}  # entries live 3 s
+    busy = Worker(
+        {**defaults(redis_url, tmp_path, "matrix-0"), **fast}, tmp_path / "a.log", app="worker_user_app:app"
+    )
+    idle_env = {**defaults(redis_url, tmp_path, "matrix-1"), **fast}
+    with busy, Worker(idle_env, tmp_path / "b.log", app="worker_user_app:app") as idle:
+        result = producer_for(idle_env).send_task("user.sleep", args=(16, str(markers)))
+        wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
+        with redis_server.stalled():
+            time.sleep(6)  # twice an entry's lifetime
+        assert result.get(timeout=TIMEOUT) == "slept"
+        time.sleep(4)  # more sweeps, after the task
+        assert "put back" not in idle.log() + busy.log()
+    assert len(runs(markers)) == 1
+
+
 def test_the_next_container_of_a_pod_restores_what_the_last_one_held(redis_url, tmp_path):
     """An OOM-killed container restarts in the same pod, under the same name: it puts back its predecessor's task
     at once, before its own entry replaces the one that named it."""
@@ -76,7 +98,10 @@ def test_the_next_container_of_a_pod_restores_what_the_last_one_held(redis_url, 
     with first:
         result = producer_for(env).send_task("user.sleep", args=(6, str(markers)))
         wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
-        kill(first)  # the delivery was named in the entry when it was received, before the task started
+        # Named in the entry when it was received (a thread's write, which a loaded machine may delay a little).
+        wait_for(lambda: (raw := redis.Redis.from_url(redis_url).hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"],
+                 TIMEOUT, "the entry to name the delivery")  # fmt: skip
+        kill(first)
     with Worker(env, tmp_path / "second.log", app="worker_user_app:app") as second:
         assert result.get(timeout=TIMEOUT) == "slept"
         assert "put back 1 task(s) held by matrix-0" in second.log()

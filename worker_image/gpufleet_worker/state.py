@@ -65,6 +65,15 @@ class Keeper(threading.Thread):
         self._received: dict[str, float] = {}  # tag -> when: named at once, before Celery reserves it
         self._lock = threading.Lock()
         self._failing = False
+        # Since when this worker's writes have gone through without a break. Another worker's entry is judged
+        # stale only once this one has been connected for a whole entry lifetime: after a partition that cut
+        # every worker off (a blackholed or stalled broker), every entry has expired, and the live workers need
+        # that long to write theirs again; sweeping at once would put back the tasks they are running.
+        # A write that completes long after the previous one (failed writes, or one held up by a stalled
+        # broker) starts that clock again.
+        self._healthy_since = 0.0
+        self._written_at: float | None = None
+        self._ttl = contract.STATE_TTL_INTERVALS * settings.state_interval
 
     def run(self) -> None:
         if self.client is not None:
@@ -112,12 +121,17 @@ class Keeper(threading.Thread):
         )
         value = state.to_json(self.hostname)
         try:
+            sweep = sweep and self._written_at is not None and now - self._healthy_since >= self._ttl
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(self.key, self.field, value)
             if sweep:
                 pipe.hgetall(self.key)
             replies = pipe.execute()
-            if sweep:
+            done = time.time()
+            if self._written_at is None or done - self._written_at > 2 * self.interval + LOOK_INTERVAL:
+                self._healthy_since = done
+            self._written_at = done
+            if sweep and done - self._healthy_since >= self._ttl:
                 for field in contract.stale_fields(replies[1], now, self.field):
                     self._restore(field, stale_before=now)
         except redis.RedisError as exc:

@@ -6,7 +6,9 @@ runs its broker with it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -48,6 +50,17 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @contextlib.contextmanager
+    def stalled(self):
+        """The server stopped (SIGSTOP) for the block's duration: connections stay open and every command hangs,
+        as behind a partition, until it goes on (SIGCONT)."""
+        assert self._proc is not None and self.running, "redis-server is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def start(self) -> None:
         if self.running:
