@@ -184,10 +184,9 @@ def test_etcd_paused_for_10_seconds(cluster, kubectl, operator, redis_url, gpu_n
 @pytest.mark.xfail(
     strict=True,
     raises=KnownBug,
-    reason="operator bugs: (1) the probe gives up on a blackholed broker after ~25 s, not its 2 s timeout (redis-py "
-    "8's default Retry, 10 retries, applies to RedisProbe's client), and the tick waits for it, so fleets on a "
-    "healthy broker stall as long; (2) after the heal the operator puts back the tasks of every live worker whose "
-    "state entry expired while the broker was unreachable ('which is gone'), so each task in flight runs twice",
+    reason="operator bug: a tick waits for every broker's probe (Observer._probe joins them all), so while one "
+    "broker is blackholed each tick lasts its probe's timeout and retry, and fleets on healthy brokers react "
+    "only as those ticks end (8.3 s measured, ~1 s otherwise)",
 )
 def test_redis_blackholed_holds_the_fleet_and_recovers(kubectl, operator, gpu_nodes):
     with RedisServer() as server, RedisServer() as other:
@@ -229,10 +228,9 @@ def blackholed(kubectl, gpu_nodes, tasks: ChaosTasks, proxy: BlackholeProxy, hea
     wait_for("BrokerReachable=True again", lambda: kubectl.condition("blackhole", "BrokerReachable").get("status")
              == "True", timeout=60, every=0.1)  # fmt: skip
     recovered = time.monotonic()
-    wait_for(
-        "the healthy fleet scaled up", lambda: (kubectl.replicas(other) or 0) >= 1, timeout=60, every=0.1
-    )
-    late = time.monotonic() - healed
+    if reacted is None:
+        wait_for("the healthy fleet scaled up", lambda: (kubectl.replicas(other) or 0) >= 1, timeout=60)
+        late = time.monotonic() - healed
     wait_for("every task done", tasks.all_done, timeout=120, every=0.5, show=tasks.lost)
     done = time.monotonic()
     wait_for("the healthy fleet's task done", healthy.all_done, timeout=60)
@@ -252,14 +250,10 @@ def blackholed(kubectl, gpu_nodes, tasks: ChaosTasks, proxy: BlackholeProxy, hea
     assert tasks.lost() == [] and healthy.lost() == []
     wait_for("the fleets back at zero", lambda: kubectl.replicas(deployment) == kubectl.replicas(other) == 0,
              timeout=120)  # fmt: skip
-    bugs = []
-    if detected - cut > 10 or reacted is None or reacted > 5:
-        bugs.append(f"the probe held the tick: unreachable after {detected - cut:.1f}s, other fleet reacted "
-                    f"after {reacted}s")  # fmt: skip
-    if duplicates:
-        bugs.append(f"ran twice after the heal: {sorted(duplicates)}")
-    if bugs:
-        raise KnownBug("; ".join(bugs))
+    assert detected - cut <= 10, "the probe took longer than its timeout (and one retry) to give up"
+    assert duplicates == {}, "tasks of live workers put back after the heal ran twice"
+    if reacted is None or reacted > 3:
+        raise KnownBug(f"a fleet on a healthy broker reacted {reacted and round(reacted, 1)}s after its task")
 
 
 def test_redis_restarted_with_its_append_only_file(kubectl, operator, gpu_nodes):
