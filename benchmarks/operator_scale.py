@@ -216,7 +216,10 @@ def reaction(apps: client.AppsV1Api, broker: redis.Redis, tries: int, timeout: f
         wait_until("the probe fleet back at zero",
                    lambda: apps.read_namespaced_deployment(name, PROBE_NS).spec.replicas == 0, timeout)  # fmt: skip
         time.sleep(random.uniform(1.0, 2.0))  # a random phase of the poll
-        version = apps.read_namespaced_deployment(name, PROBE_NS).metadata.resource_version
+        # The list's version, not the object's: an object untouched for long has a version older than the watch
+        # cache keeps (410 Expired).
+        listed = apps.list_namespaced_deployment(PROBE_NS, field_selector=f"metadata.name={name}")
+        version = listed.metadata.resource_version
         w = watch.Watch()
         stream = w.stream(apps.list_namespaced_deployment, PROBE_NS, field_selector=f"metadata.name={name}",
                           resource_version=version, timeout_seconds=int(timeout))  # fmt: skip
@@ -230,9 +233,9 @@ def reaction(apps: client.AppsV1Api, broker: redis.Redis, tries: int, timeout: f
     return out
 
 
-def run_size(n: int, args: argparse.Namespace, binaries: Path, work: Path) -> Row:
-    n_brokers, n_namespaces = layout(n)
-    row = Row(n, n_brokers, n_namespaces, args.nodes)
+def run_size(row: Row, args: argparse.Namespace, binaries: Path, work: Path) -> Row:
+    """Measure one size into `row`: what was measured before a failure stays in it."""
+    n, n_brokers, n_namespaces = row.queues, row.brokers, row.namespaces
     fig = row.figures
     with contextlib.ExitStack() as stack:
         brokers = [stack.enter_context(RedisServer()) for _ in range(n_brokers)]
@@ -351,6 +354,7 @@ COLUMNS = ["apply s", "all Deployments s", "settled s", "tick p50 ms", "tick p99
 
 
 def table(rows: list[Row]) -> str:
+    rows = sorted(rows, key=lambda r: r.queues)
     base = rows[0].figures.get("reaction p50 s") if rows and rows[0].queues == 1 else None
     for row in rows:
         p50 = row.figures.get("reaction p50 s")
@@ -389,17 +393,18 @@ def main() -> None:
     args = parser.parse_args()
     # Stopped (`timeout`, kill): unwind, so that every cluster, broker and operator this started stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sizes = [1] + [int(s) for s in args.sizes.split(",") if s.strip() and int(s) != 1]
+    sizes = [1] + [int(s) for s in args.sizes.split(",") if s.strip() and int(s) != 1]  # run in this order
     binaries = bin_dir(build=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpufleet-scale-") as tmp:
         for n in sizes:
             began = time.monotonic()
+            row = Row(n, *layout(n), args.nodes)
+            rows.append(row)
             try:
-                rows.append(run_size(n, args, binaries, Path(tmp)))
+                run_size(row, args, binaries, Path(tmp))
             except Exception as exc:  # a size that does not finish in its bounds is reported, not hidden
-                row = Row(n, *layout(n), args.nodes, note=f"not finished: {type(exc).__name__}: {exc}")
-                rows.append(row)
+                row.note = f"not finished: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 log = Path(tmp) / f"operator-{n}.log"
                 if log.exists():
                     print(f"--- operator log, {n} queues (tail) ---\n{log.read_text()[-3000:]}")
