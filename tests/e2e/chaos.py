@@ -16,8 +16,8 @@ import uuid
 
 import redis
 from celery import Celery
-from chaos_app import DONE, RUNS
 
+from chaos_app import DONE, RUNS
 from gpufleet_tools.devcluster.redisserver import _ping
 from gpufleet_worker.app import configure
 from redis_server import REDIS_SERVER, RedisServer

@@ -17,9 +17,9 @@ import threading
 import time
 
 import pytest
-from chaos import BlackholeProxy, ChaosTasks, KnownBug, PersistentRedis, probe_figures, probe_seconds
 
 import providers
+from chaos import BlackholeProxy, ChaosTasks, KnownBug, PersistentRedis, probe_figures, probe_seconds
 from fleet import CRD, Kubectl, Operator, queue_manifest, wait_for
 from redis_server import RedisServer, free_port
 
