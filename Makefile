@@ -1,5 +1,5 @@
 # The two commands at the top of the README. Both work on a fresh machine: they bootstrap what they need.
-.PHONY: demo test lint unit e2e e2e-kind bootstrap images gpu-check dev-cluster-up dev-cluster-down
+.PHONY: demo test lint unit e2e e2e-kind chaos bootstrap images gpu-check dev-cluster-up dev-cluster-down
 
 bootstrap:
 	hack/bootstrap.sh
@@ -9,9 +9,11 @@ demo: bootstrap
 	.venv/bin/gpufleet demo
 
 # Everything CI runs: lint, unit and integration tests on a real redis-server, e2e on the real control plane,
-# and the images built here run on the Docker engine (tests/images); then the e2e suite again on kind.
+# and the images built here run on the Docker engine (tests/images); then the faults (make chaos) and the e2e
+# suite again on kind.
 test: bootstrap lint images
-	.venv/bin/python -m pytest -p no:cacheprovider
+	.venv/bin/python -m pytest -p no:cacheprovider -m "not chaos"
+	$(MAKE) --no-print-directory chaos
 	$(MAKE) --no-print-directory e2e-kind
 
 # gpufleet-operator:dev, gpufleet-worker:dev-cpu and gpufleet-worker:dev-cuda on the local Docker engine, from a
@@ -36,7 +38,12 @@ unit:
 	.venv/bin/python -m pytest -p no:cacheprovider -n 4 -m "not cluster and not binaries and not images and not kind and not network"
 
 e2e: bootstrap
-	.venv/bin/python -m pytest -p no:cacheprovider -m cluster
+	.venv/bin/python -m pytest -p no:cacheprovider -m "cluster and not chaos"
+
+# Faults on a control plane of their own: the API server restarted, etcd paused, Redis blackholed and restarted
+# with persistence, a burst of 100,000 tasks; each prints what the fleet did (about 7.5 minutes).
+chaos: bootstrap
+	.venv/bin/python -m pytest -p no:cacheprovider -m chaos -rA -s tests/e2e/test_faults.py
 
 # The e2e suite on kind: real nodes (kubelet, containerd) running the images of `make images`. Without a registry
 # the node image is built here first (hack/kind-node-image.sh); GPUFLEET_KIND_NODE_IMAGE=kind-default takes kind's
