@@ -17,7 +17,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 import providers
-from fleet import CRD, Kubectl, Operator, wait_for
+from fleet import Kubectl, Operator, apply_crd
 
 HERE = Path(__file__).resolve().parent
 
@@ -155,14 +155,7 @@ def gpu_nodes(cluster, request):
 
 @pytest.fixture(scope="session")
 def crd(cluster):
-    kubectl = Kubectl("kubectl", dict(cluster.env))
-    kubectl.run("apply", "-f", str(CRD))
-    # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
-    wait_for("the CRD established", lambda: any(
-        c["type"] == "Established" and c["status"] == "True"
-        # A new CRD's status may carry `conditions: null` before the first one.
-        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions") or []
-    ))  # fmt: skip
+    apply_crd(cluster.env)
 
 
 @pytest.fixture

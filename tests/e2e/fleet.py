@@ -205,3 +205,15 @@ class Kubectl:
 
     def pods(self, selector: str) -> list[dict]:
         return json.loads(self.run("get", "pods", "-l", selector, "-o", "json").stdout)["items"]
+
+
+def apply_crd(env: dict[str, str]) -> None:
+    """Apply the GpuTaskQueue CRD and wait until it is established."""
+    kubectl = Kubectl("kubectl", dict(env))
+    kubectl.run("apply", "-f", str(CRD))
+    # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
+    wait_for("the CRD established", lambda: any(
+        c["type"] == "Established" and c["status"] == "True"
+        # A new CRD's status may carry `conditions: null` before the first one.
+        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions") or []
+    ))  # fmt: skip

@@ -20,7 +20,7 @@ import pytest
 
 import providers
 from chaos import BlackholeProxy, ChaosTasks, KnownBug, PersistentRedis, probe_figures, probe_seconds
-from fleet import CRD, Kubectl, Operator, queue_manifest, wait_for
+from fleet import Operator, apply_crd, queue_manifest, wait_for
 from redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
@@ -40,12 +40,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def crd(cluster):
-    kubectl = Kubectl("kubectl", dict(cluster.env))
-    kubectl.run("apply", "-f", str(CRD))
-    wait_for("the CRD established", lambda: any(
-        c["type"] == "Established" and c["status"] == "True"
-        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions") or []
-    ))  # fmt: skip
+    apply_crd(cluster.env)
 
 
 @pytest.fixture
