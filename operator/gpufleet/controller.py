@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,11 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from gpufleet import metrics
 from gpufleet.apply import apply
 from gpufleet.broker import ProbePool
 from gpufleet.cache import Cache
-from gpufleet.kube import Kube
+from gpufleet.kube import Kube, transient
+from gpufleet.leader import NotLeading
 from gpufleet.model import Queue
 from gpufleet.observe import Observer
 from gpufleet.plan import FleetState, plan_tick
@@ -30,6 +34,7 @@ from gpufleet.spec import SpecError, parse_spec
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 WRITERS = 8  # fleets written side by side: within the API client's connection pool
+WAIT_RECHECK = 0.25  # seconds until a fleet whose broker is slow to answer is looked at again
 
 
 class Controller:
@@ -100,7 +105,9 @@ class Controller:
                     self.states[key] = replace(self.states[key], generation=q.generation, next_probe=now)
         due = [q for key, q in queues.items() if self.states[key].next_probe <= now]
 
-        snapshots = self.observer.snapshots(due, lambda key: self.states[key].reresolve, now, self._failed)
+        snapshots = self.observer.snapshots(
+            due, lambda key: self.states[key].reresolve, now, self._failed, self._waiting
+        )
         planned = {s.key for s in snapshots}
         resting = (  # only a GPU budget needs the fleets not due: they claim their share of it
             {k: q.spec for k, q in queues.items() if k not in planned and q.spec is not None}
@@ -130,8 +137,8 @@ class Controller:
         """Apply one fleet's plan; None when the API failed (logged here, with its traceback)."""
         try:
             return apply(self.kube, self.cache, snap, plan, before, broker)
-        except Exception:
-            log.exception("%s/%s: failed; retrying at its next poll", *snap.key)
+        except Exception as exc:
+            _log_failure(snap.key, exc)
             return None
 
     def _settle(self, key: Key, state: FleetState | None) -> None:
@@ -142,8 +149,12 @@ class Controller:
 
     def _failed(self, key: Key) -> None:
         """One fleet's API fault: logged, retried at its next poll; the other fleets go on."""
-        log.exception("%s/%s: failed; retrying at its next poll", *key)
+        _log_failure(key, sys.exc_info()[1])
         self._retry(key)
+
+    def _waiting(self, key: Key) -> None:
+        """A fleet whose broker has not answered yet: looked at again shortly, without holding up the others."""
+        self.states[key] = replace(self.states[key], next_probe=self.clock() + WAIT_RECHECK)
 
     def _retry(self, key: Key) -> None:
         with self._lock:
@@ -159,3 +170,17 @@ class Controller:
     def close(self) -> None:
         self._writers.shutdown(wait=False, cancel_futures=True)
         self.observer.close()
+
+
+def _log_failure(key: Key, exc: BaseException | None) -> None:
+    """A passing fault (the API restarting or overloaded, this replica no longer leading) is one line; anything
+    else is logged with its traceback, as a bug to look at."""
+    if exc is not None and (transient(exc) or isinstance(exc, NotLeading)):
+        log.warning("%s/%s: %s: %s; retrying at its next poll", *key, type(exc).__name__, _short(exc))
+    else:
+        log.error("%s/%s: failed; retrying at its next poll", *key, exc_info=exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
+    return text.splitlines()[0][:300] if text else ""

@@ -25,6 +25,21 @@ from gpufleet.status import rfc3339
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "gpufleet"
+# Every call's (connect, read) limit. A call without one waits as long as a silent connection lasts; with a Lease,
+# a write still in flight when the leader's renew deadline passes must land within the 5 s before any standby can
+# lead (leader.py), and the tick must not hang on one stuck request.
+REQUEST_TIMEOUT = (5, 5)
+# What a restarting or overloaded API server answers: the next poll retries, nothing to debug.
+TRANSIENT_STATUS = frozenset({0, 429, 500, 502, 503, 504})
+
+
+def transient(exc: BaseException) -> bool:
+    """A passing fault of the API (connection refused or reset, a timeout, 429, 5xx): retried, not a bug."""
+    if isinstance(exc, ApiException):
+        return exc.status in TRANSIENT_STATUS
+    import urllib3.exceptions
+
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
 class Rejected(Exception):
@@ -77,6 +92,7 @@ class Kube:
                     field_manager=FIELD_MANAGER,
                     force=True,
                     _content_type="application/apply-patch+yaml",
+                    _request_timeout=REQUEST_TIMEOUT,
                 )
             )
         except ApiException as exc:
@@ -87,14 +103,16 @@ class Kube:
     def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The Deployments of a namespace that match a label selector."""
         metrics.api_reads.labels("Deployment/list").inc()
-        found = self.apps.list_namespaced_deployment(namespace, label_selector=selector)
+        found = self.apps.list_namespaced_deployment(
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+        )
         return [self.client.sanitize_for_serialization(d) for d in found.items]
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         metrics.api_writes.labels("GpuTaskQueue/status").inc()
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -104,7 +122,7 @@ class Kube:
         """A Secret's key, decoded; None when the Secret or the key is missing."""
         metrics.api_reads.labels("Secret").inc()
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -118,7 +136,9 @@ class Kube:
         """Labels and annotations of a pod (a None value removes the key); a pod already gone is ignored."""
         metrics.api_writes.labels("Pod").inc()
         try:
-            self.core.patch_namespaced_pod(name, namespace, {"metadata": metadata})
+            self.core.patch_namespaced_pod(
+                name, namespace, {"metadata": metadata}, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -148,7 +168,7 @@ class Kube:
         }
         metrics.api_writes.labels("Event").inc()
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status in (404, 409):
                 return
