@@ -11,7 +11,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from gpufleet import metrics
@@ -23,6 +23,11 @@ from gpufleet.resources import MANAGED_BY, deployment_name
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
+# How long a tick waits for the brokers' probes. A probe still running then (a blackholed broker takes its
+# timeout, and a retry, to give up) is left to finish on its own while the tick goes on with the other brokers'
+# fleets; its own fleets wait for it, and use what it found at a later tick. Joining every probe made each tick
+# as slow as the slowest broker: one blackholed broker delayed every fleet of the operator by seconds.
+PROBE_WAIT = 0.5
 MANAGED = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 
 
@@ -39,8 +44,11 @@ class Observer:
         self.cache = cache
         self.probes = probes or ProbePool()
         self._resolved: dict[Key, _Resolved] = {}  # the tick's thread only
-        self._listed: set[str] = set()  # namespaces whose Deployments were listed once (the tick's thread only)
+        self._listed: set[str] = (
+            set()
+        )  # namespaces whose Deployments were listed once (the tick's thread only)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpufleet-probe")
+        self._inflight: dict[Connection, Future] = {}  # probes a tick left running (the tick's thread only)
 
     def snapshots(
         self,
@@ -48,18 +56,26 @@ class Observer:
         reresolve: Callable[[Key], bool],
         now: float,
         failed: Callable[[Key], None],
+        waiting: Callable[[Key], None] = lambda key: None,
     ) -> list[Snapshot]:
         """Snapshots of `queues`. A fleet whose reads raise (an API fault) is handed to `failed`, which logs it
-        and retries it at its next poll; the others go on."""
+        and retries it at its next poll; one whose broker's probe is still running is handed to `waiting` and
+        has no snapshot this tick; the others go on."""
         resolved: dict[Key, _Resolved] = {}
         for q in queues:
             if q.spec is not None:
+                last = self._resolved.get(q.key)
+                if last is not None and last.connection is not None and self._running(last.connection):
+                    waiting(q.key)  # not even its Secrets are read again while its broker's probe runs
+                    continue
                 try:
                     resolved[q.key] = self._resolve(q, reresolve(q.key))
                 except Exception:
                     failed(q.key)
-        valid = [q for q in queues if q.key in resolved]
-        readings, errors = self._probe(valid, resolved, now)
+        readings, errors, late = self._probe([q for q in queues if q.key in resolved], resolved, now)
+        for key in late:
+            waiting(key)
+        valid = [q for q in queues if q.key in resolved and q.key not in late]
         out = []
         for q in [q for q in queues if q.spec is None] + valid:
             try:
@@ -122,9 +138,14 @@ class Observer:
         self._resolved[q.key] = r = _Resolved(q.generation, conn, problem)
         return r
 
+    def _running(self, conn: Connection) -> bool:
+        future = self._inflight.get(conn)
+        return future is not None and not future.done()
+
     def _probe(
         self, queues: Sequence[Queue], resolved: Mapping[Key, _Resolved], now: float
-    ) -> tuple[dict[Key, Reading], dict[Key, str]]:
+    ) -> tuple[dict[Key, Reading], dict[Key, str], set[Key]]:
+        """Readings and errors by fleet, and the fleets whose broker has not answered yet (late)."""
         groups: dict[Connection, list[Queue]] = defaultdict(list)
         errors: dict[Key, str] = {}
         for q in queues:
@@ -133,18 +154,30 @@ class Observer:
                 errors[q.key] = r.problem[1]
             else:
                 groups[r.connection].append(q)
-        futures = {
-            conn: self._pool.submit(self._read, conn, members, now) for conn, members in groups.items()
-        }
-        readings: dict[Key, Reading] = {}
+        futures = {}
         for conn, members in groups.items():
-            got, error = futures[conn].result()
+            # A probe a tick left running and that has finished since: what it read is this tick's reading
+            # (a broker that answers slowly still gets read); otherwise a new probe.
+            left = self._inflight.pop(conn, None)
+            futures[conn] = left if left is not None else self._pool.submit(self._read, conn, members, now)
+        wait(futures.values(), timeout=PROBE_WAIT)
+        readings: dict[Key, Reading] = {}
+        late: set[Key] = set()
+        for conn, members in groups.items():
+            future = futures[conn]
+            if not future.done():
+                self._inflight[conn] = future
+                late.update(q.key for q in members)
+                continue
+            got, error = future.result()
             for q in members:
-                if error is None:
-                    readings[q.key] = got[f"{q.namespace}/{q.name}"]
-                else:
+                if error is not None:
                     errors[q.key] = error
-        return readings, errors
+                elif (reading := got.get(f"{q.namespace}/{q.name}")) is not None:
+                    readings[q.key] = reading
+                else:  # a fleet that joined this broker after the probe left: read at the next tick
+                    late.add(q.key)
+        return readings, errors, late
 
     def _read(
         self, conn: Connection, members: list[Queue], now: float
