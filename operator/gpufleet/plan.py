@@ -321,9 +321,11 @@ def _orphans(snap: Snapshot) -> tuple[tuple[str, bool], ...]:
         return ()
     failed = {name for name, pod in snap.pods.items() if pod.failed}
     dead = sorted(set(snap.reading.workers) & (snap.gone | failed))
-    return tuple((name, False) for name in dead) + tuple(
-        (n, True) for n in snap.reading.stale if n not in dead
-    )
+    # An expired entry whose pod is still there, not failed, is a worker cut off from the broker (a partition:
+    # after a blackhole every entry has expired), or one that hangs, which its liveness probe restarts and its
+    # next container puts back what it held. Not ours to put back: that worker may be running those tasks.
+    expired = [n for n in snap.reading.stale if n not in dead and (n not in snap.pods or n in failed)]
+    return tuple((name, False) for name in dead) + tuple((n, True) for n in expired)
 
 
 def _protection(snap: Snapshot) -> dict[str, bool]:

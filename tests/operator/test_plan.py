@@ -217,10 +217,13 @@ def test_the_messages_of_deleted_failed_and_expired_workers_go_back():
         "failed": Pod("failed", True, False, False, None, failed=True),
         "running": Pod("running", True, False, False, None),
     }
-    reading = Reading({"gpu": Depth(0, 3)}, workers, stale=("expired",))
+    pods["cut-off"] = Pod("cut-off", True, False, False, None)
+    pods["crashed"] = Pod("crashed", True, False, False, None, failed=True)
+    reading = Reading({"gpu": Depth(0, 3)}, workers, stale=("expired", "cut-off", "crashed"))
     p = step(snap(replicas=2, reading=reading, pods=pods, gone=frozenset({"deleted", "long-gone"})))
-    # Seen deleted or failed: at once; expired: only if still expired when the script runs.
-    assert p.restore == (("deleted", False), ("failed", False), ("expired", True))
+    # Seen deleted or failed: at once; expired: only if still expired when the script runs, and only when its
+    # pod is gone or failed: a running pod's expired entry is a worker cut off from the broker, perhaps busy.
+    assert p.restore == (("deleted", False), ("failed", False), ("expired", True), ("crashed", True))
     assert (
         step(snap(replicas=2, reading=None, broker_error="down", gone=frozenset({"deleted"}))).restore == ()
     )
