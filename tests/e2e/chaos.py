@@ -23,11 +23,6 @@ from gpufleet_worker.app import configure
 from redis_server import REDIS_SERVER, RedisServer
 
 
-class KnownBug(AssertionError):
-    """A failure a test expects until the bug its xfail names is fixed (xfail(raises=KnownBug)): any other
-    failure of that test still fails it."""
-
-
 class BlackholeProxy:
     """A TCP proxy on loopback in front of one port. `blackhole()` stops it forwarding, as a network partition
     that drops packets does: nobody gets a reset, new connections are accepted and then hear nothing, and the
