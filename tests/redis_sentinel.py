@@ -110,7 +110,7 @@ class SentinelGroup:
         return redis.Redis(port=port, password=self.password, socket_timeout=2)
 
     # -- life -------------------------------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> SentinelGroup:
+    def start(self, timeout: float = 120.0) -> SentinelGroup:
         master, *replicas = self.redis_ports
         for port in self.redis_ports:
             conf = [

@@ -117,8 +117,10 @@ def test_api_server_restarted_mid_tick(cluster, kubectl, operator, redis_url, gp
     wait_for("the API server ready again", lambda: api_ready(cluster), timeout=120, every=0.2)
     back = time.monotonic()
     assert operator.proc.poll() is None, "the operator exited while the API server was away"
-    # The fleet keeps scaling: a new burst takes it to its max.
-    tasks.send(12, seconds=4, prefix="after")
+    # The fleet keeps scaling: a new burst takes it to its max. Its tasks are long enough that the workers still
+    # up cannot finish them all before the operator's first ticks after the restart, which may wait seconds on
+    # an API server still warming up (seen: 17 s, while 12 tasks of 4 s were done by the 3 workers in 16 s).
+    tasks.send(12, seconds=10, prefix="after")
     wait_for(
         "the fleet at its max after the restart",
         lambda: kubectl.replicas(deployment) == 4,
