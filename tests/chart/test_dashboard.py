@@ -48,7 +48,9 @@ def test_panels_are_well_formed():
         assert grid["x"] + grid["w"] <= 24
         for target in panel["targets"]:
             # The operator's own series (probe time, API writes) have no fleet labels.
-            operator_wide = "probe_seconds" in target["expr"] or "api_writes" in target["expr"]
+            operator_wide = any(
+                m in target["expr"] for m in ("probe_seconds", "tick_seconds", "api_writes", "api_reads")
+            )
             if OURS.search(target["expr"]) and not operator_wide:
                 assert 'namespace=~"$namespace"' in target["expr"], target["expr"]
 
