@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
@@ -21,3 +23,20 @@ def test_what_the_api_refuses_or_a_bug_is_not():
         assert not transient(ApiException(status=status)), status
     assert not transient(KeyError("spec"))
     assert not transient(TypeError("bad"))
+
+
+def test_an_event_in_a_namespace_being_deleted_is_dropped_quietly():
+    from gpufleet.kube import _namespace_terminating
+
+    body = json.dumps({
+        "kind": "Status", "code": 403, "reason": "Forbidden",
+        "message": 'events "q.1" is forbidden: unable to create new content in namespace t because it is being terminated',
+        "details": {"name": "q.1", "kind": "events", "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
+    })  # fmt: skip
+    terminating = ApiException(status=403)
+    terminating.body = body
+    assert _namespace_terminating(terminating)
+    rbac = ApiException(status=403)
+    rbac.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "cannot create"})
+    assert not _namespace_terminating(rbac)
+    assert not _namespace_terminating(ApiException(status=500))
