@@ -193,8 +193,22 @@ class SentinelGroup:
         """SENTINEL FAILOVER: the master hands over to a replica while still running; returns the old port."""
         port = self.master_port()
         client = redis.Redis(port=self.sentinel_ports[0], password=self.sentinel_password, socket_timeout=2)
-        client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
-        client.close()
+
+        def asked() -> bool:
+            # A sentinel refuses (NOGOODSLAVE) until its last INFO of the replica shows it linked and fresh:
+            # shortly after the group starts, on a loaded machine, it may not have one yet.
+            try:
+                client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" in str(exc):
+                    return False
+                raise
+            return True
+
+        try:
+            self.wait("a sentinel accepting the failover", asked, timeout=60)
+        finally:
+            client.close()
         return port
 
     def logs(self) -> str:
