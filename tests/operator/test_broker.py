@@ -178,35 +178,17 @@ def test_unreachable_broker_raises_quickly_with_a_safe_message():
     assert "127.0.0.1:1" in str(err.value) and "hunter2" not in str(err.value)
 
 
-def test_a_blackholed_broker_is_tried_twice_at_most():
+def test_a_blackholed_broker_is_tried_twice_at_most(blackhole):
     """A broker that accepts connections and never answers (a partition, a stuck proxy) costs the probe one try
     and one retry, each bounded by its timeout: redis-py's default retries (with back-off) held a tick ~25 s."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    probe = RedisProbe(Connection(f"redis://127.0.0.1:{server.getsockname()[1]}/0"), timeout=0.3)
+    url, accepted = blackhole
+    probe = RedisProbe(Connection(url), timeout=0.3)
     try:
         with pytest.raises(BrokerUnreachable, match="Timeout"):
             probe.read([Request("a", ("gpu",))])
         assert len(accepted) <= 2, f"{len(accepted)} connections for one probe"
     finally:
         probe.close()
-        server.close()
-        for conn in accepted:
-            conn.close()
 
 
 def test_cli_depth_prints_one_json_object(producer, redis_url, tmp_path):

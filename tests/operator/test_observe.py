@@ -3,11 +3,7 @@ that accepts connections and never answers, as a blackholed broker does)."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-
-import pytest
 
 from gpufleet.broker import Connection, ProbePool
 from gpufleet.cache import Cache
@@ -21,30 +17,9 @@ def queue(name: str, url: str) -> Queue:
     return Queue("team", name, f"uid-{name}", 1, spec)
 
 
-@pytest.fixture
-def blackhole():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
-    server.close()
-    for conn in held:
-        conn.close()
-
-
 def test_a_silent_broker_holds_up_only_its_own_fleets(redis_url, blackhole):
     observer = Observer(kube=None, cache=Cache(), probes=ProbePool(timeout=1.0))
-    healthy, silent = queue("healthy", redis_url), queue("silent", blackhole)
+    healthy, silent = queue("healthy", redis_url), queue("silent", blackhole[0])
     resolved = {q.key: _Resolved(1, Connection(q.spec.broker.url), None) for q in (healthy, silent)}
     try:
         readings, errors, late = observer._probe([healthy, silent], resolved, time.time())
