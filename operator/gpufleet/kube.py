@@ -57,7 +57,7 @@ def _message(exc: ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 
-def _namespace_terminating(exc: ApiException) -> bool:
+def namespace_terminating(exc: ApiException) -> bool:
     """403 because the namespace is being deleted (cause NamespaceTerminating), not because RBAC refused."""
     try:
         causes = (json.loads(exc.body).get("details") or {}).get("causes") or []
@@ -179,7 +179,7 @@ class Kube:
         try:
             self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
-            if exc.status in (404, 409) or _namespace_terminating(exc):
+            if exc.status in (404, 409) or namespace_terminating(exc):
                 return  # gone, already posted, or its namespace is being deleted: nobody will read it
             log.warning(
                 "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], _message(exc)

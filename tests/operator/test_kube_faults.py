@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
@@ -25,18 +26,39 @@ def test_what_the_api_refuses_or_a_bug_is_not():
     assert not transient(TypeError("bad"))
 
 
-def test_an_event_in_a_namespace_being_deleted_is_dropped_quietly():
-    from gpufleet.kube import _namespace_terminating
-
-    body = json.dumps({
+def refused_as_terminating(kind: str) -> ApiException:
+    """The 403 an API server answers a create in a namespace that is being deleted."""
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.body = json.dumps({
         "kind": "Status", "code": 403, "reason": "Forbidden",
-        "message": 'events "q.1" is forbidden: unable to create new content in namespace t because it is being terminated',
-        "details": {"name": "q.1", "kind": "events", "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
+        "message": f'{kind} "q.1" is forbidden: unable to create new content in namespace t because it is being terminated',
+        "details": {"name": "q.1", "kind": kind, "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
     })  # fmt: skip
-    terminating = ApiException(status=403)
-    terminating.body = body
-    assert _namespace_terminating(terminating)
+    return exc
+
+
+def test_an_event_in_a_namespace_being_deleted_is_dropped_quietly():
+    from gpufleet.kube import namespace_terminating
+
+    assert namespace_terminating(refused_as_terminating("events"))
     rbac = ApiException(status=403)
     rbac.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "cannot create"})
-    assert not _namespace_terminating(rbac)
-    assert not _namespace_terminating(ApiException(status=500))
+    assert not namespace_terminating(rbac)
+    assert not namespace_terminating(ApiException(status=500))
+
+
+def test_a_write_refused_because_its_namespace_is_going_is_one_quiet_line(caplog):
+    """A cluster-wide operator sees other teams' namespaces deleted under it: no traceback, no 'Forbidden' to chase."""
+    from gpufleet.controller import _log_failure
+
+    caplog.set_level(logging.DEBUG, logger="gpufleet")
+    _log_failure(("t", "q"), refused_as_terminating("poddisruptionbudgets"))
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "being deleted" in caplog.text
+    assert not any(w in caplog.text for w in ("403", "orbidden", "Traceback"))
+    caplog.clear()
+    rbac = ApiException(status=403, reason="Forbidden")
+    rbac.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "cannot patch"})
+    _log_failure(("t", "q"), rbac)
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert caplog.records[0].exc_info is not None
