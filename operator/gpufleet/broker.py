@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from types import MappingProxyType
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -15,6 +17,8 @@ from redis.retry import Retry
 
 from gpufleet.model import Depth, Reading
 from gpufleet_worker import contract
+
+_NO_WORKERS: MappingProxyType = MappingProxyType({})
 
 
 class BrokerUnreachable(Exception):
@@ -60,6 +64,13 @@ class Connection:
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+
+    def __hash__(self) -> int:  # a key of the probe pools and of each tick's grouping: hashed once
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in fields(self)))
 
     def __repr__(self) -> str:  # a URL from a Secret may carry a password: show only the safe form
         return f"Connection({self.safe_url!r}, database={self.database}, tls={self.tls})"
@@ -114,19 +125,40 @@ class Request:
     queues: tuple[str, ...]
     layout: Layout = Layout()
 
+    @cached_property
+    def keys(self) -> tuple[str, ...]:
+        """What the probe reads for this fleet: its queues' lists, queue by queue, then its workers' hash."""
+        lists = (key for queue in self.queues for key in self.layout.list_keys(queue))
+        return (*lists, self.layout.workers_key(self.fleet))
 
-# Sums LLEN over each queue's priority lists on the server: one command per fleet, however many lists it has.
-# KEYS: every list key, queue by queue; ARGV[1]: how many lists each queue has.
-_SUM_LISTS = """
-local per = tonumber(ARGV[1])
-local out = {}
-for i = 1, #KEYS, per do
-  local n = 0
-  for j = i, i + per - 1 do n = n + redis.call('LLEN', KEYS[j]) end
-  out[#out + 1] = n
+    @cached_property
+    def shape(self) -> tuple[int, int]:
+        """(queues, lists per queue): how the probe's script walks `keys`."""
+        return len(self.queues), len(set(self.layout.priority_steps))
+
+
+# Reads many fleets in one call: for each, LLEN summed over each queue's priority lists, and its workers' hash.
+# KEYS: fleet after fleet, its `Request.keys`; ARGV: fleet after fleet, its `Request.shape`. Returns, fleet
+# after fleet, {sum per queue} and the hash's flat field/value list. One call per chunk of fleets: a command per
+# fleet (and the script's text sent with each) cost the operator more CPU than everything else it did per poll.
+_READ_FLEETS = """
+local out, k = {}, 1
+for f = 1, #ARGV, 2 do
+  local sums, per = {}, tonumber(ARGV[f + 1])
+  for q = 1, tonumber(ARGV[f]) do
+    local n = 0
+    for _ = 1, per do n = n + redis.call('LLEN', KEYS[k]); k = k + 1 end
+    sums[q] = n
+  end
+  out[#out + 1] = sums
+  out[#out + 1] = redis.call('HGETALL', KEYS[k])
+  k = k + 1
 end
 return out
 """
+# Fleets per call: the server runs a script to its end, so a call over thousands of fleets would hold other
+# clients (the workers' BRPOP and acks) for milliseconds; chunks let them in between.
+FLEETS_PER_CALL = 200
 
 # Counts the unacknowledged deliveries per routing key on the server, so the payloads never cross the wire.
 # kombu stores each as json [message, exchange, routing_key]: the routing key is the last string.
@@ -172,40 +204,37 @@ class RedisProbe:
     def read(self, requests: Sequence[Request], now: float | None = None) -> dict[str, Reading]:
         now = time.time() if now is None else now
         pipe = self._client.pipeline(transaction=False)
-        for req in requests:
-            keys = [key for queue in req.queues for key in req.layout.list_keys(queue)]
-            pipe.eval(_SUM_LISTS, len(keys), *keys, len(req.layout.list_keys("q")))
+        chunks = [requests[i : i + FLEETS_PER_CALL] for i in range(0, len(requests), FLEETS_PER_CALL)]
+        for chunk in chunks:
+            keys = [key for req in chunk for key in req.keys]
+            pipe.eval(_READ_FLEETS, len(keys), *keys, *(n for req in chunk for n in req.shape))
         unacked_keys = sorted({req.layout.unacked for req in requests})
         for key in unacked_keys:
             pipe.eval(_COUNT_UNACKED, 1, key)
-        for req in requests:
-            pipe.hgetall(req.layout.workers_key(req.fleet))
         try:
             replies = pipe.execute()
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnreachable(f"{self.connection.safe_url}: {type(exc).__name__}: {exc}") from None
 
-        queued = {
-            (req.fleet, queue): int(n)
-            for req, sums in zip(requests, replies, strict=False)
-            for queue, n in zip(req.queues, sums, strict=True)
-        }
-        rest = replies[len(requests) :]
         unacked: dict[str, dict[str, int]] = {}
-        for key, flat in zip(unacked_keys, rest, strict=False):
+        for key, flat in zip(unacked_keys, replies[len(chunks) :], strict=True):
             pairs = iter(flat)
             unacked[key] = {
                 (k.decode() if isinstance(k, bytes) else k): int(n) for k, n in zip(pairs, pairs, strict=True)
             }
-        states = rest[len(unacked_keys) :]
-
+        per_fleet = iter([item for reply in replies[: len(chunks)] for item in reply])
         readings = {}
-        for req, state in zip(requests, states, strict=True):
+        for req, sums, flat in zip(requests, per_fleet, per_fleet, strict=True):
             running = unacked[req.layout.unacked]
+            queues = {q: Depth(int(n), running.get(q, 0)) for q, n in zip(req.queues, sums, strict=True)}
+            if not flat:  # no worker has written: most fleets, most of the time
+                readings[req.fleet] = Reading(queues=queues, workers=_NO_WORKERS)
+                continue
+            pairs = iter(flat)
+            state = dict(zip(pairs, pairs, strict=True))
+            workers = contract.live_workers(state, now)
             readings[req.fleet] = Reading(
-                queues={q: Depth(queued[(req.fleet, q)], running.get(q, 0)) for q in req.queues},
-                workers=contract.live_workers(state, now),
-                stale=tuple(contract.stale_fields(state, now)),
+                queues=queues, workers=workers, stale=tuple(contract.stale_fields(state, now, live=workers))
             )
         return readings
 

@@ -14,6 +14,7 @@ from gpufleet.model import Deployment, Pod
 from gpufleet.resources import FLEET_LABEL
 
 Key = tuple[str, str]
+_NO_PODS: Mapping[str, Pod] = MappingProxyType({})
 GONE_SECONDS = 120.0  # how long a deleted pod is remembered: far longer than its entry stays live (3 x 5 s)
 
 
@@ -55,6 +56,20 @@ class Cache:
             if pod in pods:
                 pods[pod] = replace(pods[pod], **changes)
 
+    def fleet(
+        self, namespace: str, fleet: str, deployment: str
+    ) -> tuple[Deployment | None, Mapping[str, Pod], frozenset[str]]:
+        """A fleet's Deployment, pods and pods gone lately (as `deployment`, `pods` and `gone`) under one lock:
+        the tick reads them for every fleet at every poll."""
+        with self._lock:
+            pods = self._pods.get((namespace, fleet))
+            gone = self._gone.get((namespace, fleet))
+            return (
+                self._deployments.get((namespace, deployment)),
+                MappingProxyType(dict(pods)) if pods else _NO_PODS,
+                self._recent(gone) if gone else frozenset(),
+            )
+
     def deployment(self, namespace: str, name: str) -> Deployment | None:
         with self._lock:
             return self._deployments.get((namespace, name))
@@ -65,12 +80,15 @@ class Cache:
 
     def gone(self, namespace: str, fleet: str) -> frozenset[str]:
         """The fleet's pods deleted within the last GONE_SECONDS."""
-        horizon = time.monotonic() - GONE_SECONDS
         with self._lock:
-            gone = self._gone.get((namespace, fleet), {})
-            for name in [n for n, at in gone.items() if at < horizon]:
-                del gone[name]
-            return frozenset(gone)
+            return self._recent(self._gone.get((namespace, fleet), {}))
+
+    @staticmethod
+    def _recent(gone: dict[str, float]) -> frozenset[str]:
+        horizon = time.monotonic() - GONE_SECONDS
+        for name in [n for n, at in gone.items() if at < horizon]:
+            del gone[name]
+        return frozenset(gone)
 
     def forget(self, namespace: str, fleet: str) -> None:
         with self._lock:

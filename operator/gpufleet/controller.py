@@ -8,6 +8,7 @@ tick's thread alone keeps each fleet's state.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import sys
@@ -55,6 +56,9 @@ class Controller:
         self._lock = threading.Lock()
         self._changed = True  # a queue came, went or changed since the last tick (under the lock)
         self.states: dict[Key, FleetState] = {}  # the tick's thread only
+        # (next_probe, key) of every fleet: a tick pops the due ones, where a pass over thousands of fleets at every
+        # tick cost more than probing the few that were due. An entry whose state has moved on is skipped.
+        self._schedule: list[tuple[float, Key]] = []
         self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="gpufleet-write")
 
     # ---- what the handlers saw ---------------------------------------------------------------------------
@@ -79,6 +83,14 @@ class Controller:
             self._changed = True
         self.cache.forget(namespace, name)
 
+    def stand_by(self) -> None:
+        """Forget what the ticks carried (a standby's, or a former leader's, is stale): leading again, every fleet
+        continues from its status, as after a restart."""
+        self.states.clear()
+        self._schedule.clear()
+        with self._lock:
+            self._changed = True  # the next tick starts every fleet again
+
     @property
     def fleets(self) -> int:
         with self._lock:
@@ -100,11 +112,19 @@ class Controller:
             self._drop_gone(queues)
             for key, q in queues.items():
                 if key not in self.states or self.states[key].uid != q.uid:
-                    self.states[key] = FleetState.first(q.uid, q.written)
+                    self._put(key, FleetState.first(q.uid, q.written))
                 if self.states[key].generation != q.generation:  # a changed spec is planned at once
-                    self.states[key] = replace(self.states[key], generation=q.generation, next_probe=now)
-        due = [q for key, q in queues.items() if self.states[key].next_probe <= now]
+                    self._put(key, replace(self.states[key], generation=q.generation, next_probe=now))
+        due = [queues[key] for key in self._pop_due(now) if key in queues]
+        try:
+            return self._tick_due(queues, due, now)
+        except BaseException:
+            for q in due:  # popped from the schedule: each is tried again at its next poll, not forgotten
+                if q.key in self.states:
+                    self._retry(q.key)
+            raise
 
+    def _tick_due(self, queues: dict[Key, Queue], due: list[Queue], now: float) -> float:
         snapshots = self.observer.snapshots(
             due, lambda key: self.states[key].reresolve, now, self._failed, self._waiting
         )
@@ -123,15 +143,15 @@ class Controller:
             plan, before = plans[snap.key], self.states[snap.key]
             if plan.writes and not plan.restore:
                 writes[snap.key] = self._writers.submit(self._write, snap, plan, before, None)
+            elif not plan.writes and plan.gauges is None:  # a fleet at rest: nothing to apply
+                self._put(snap.key, plan.state)
             else:
-                self._settle(
-                    snap.key, self._write(snap, plan, before, self.observer.broker(queues[snap.key]))
-                )
+                broker = self.observer.broker(queues[snap.key]) if plan.restore else None
+                self._settle(snap.key, self._write(snap, plan, before, broker))
         for key, future in writes.items():
             self._settle(key, future.result())
 
-        pending = [s.next_probe for s in self.states.values() if s.next_probe < math.inf]
-        return max(0.05, min(pending) - self.clock()) if pending else 1.0
+        return max(0.05, self._next_due() - self.clock())
 
     def _write(self, snap, plan, before: FleetState, broker) -> FleetState | None:
         """Apply one fleet's plan; None when the API failed (logged here, with its traceback)."""
@@ -145,7 +165,7 @@ class Controller:
         if state is None:
             self._retry(key)
         else:
-            self.states[key] = state
+            self._put(key, state)
 
     def _failed(self, key: Key) -> None:
         """One fleet's API fault: logged, retried at its next poll; the other fleets go on."""
@@ -154,13 +174,38 @@ class Controller:
 
     def _waiting(self, key: Key) -> None:
         """A fleet whose broker has not answered yet: looked at again shortly, without holding up the others."""
-        self.states[key] = replace(self.states[key], next_probe=self.clock() + WAIT_RECHECK)
+        self._put(key, self.states[key].rescheduled(self.clock() + WAIT_RECHECK))
 
     def _retry(self, key: Key) -> None:
         with self._lock:
             queue = self._queues.get(key)
         poll = queue.spec.scaling.poll_interval_seconds if queue and queue.spec else 1.0
-        self.states[key] = replace(self.states[key], next_probe=self.clock() + poll)
+        self._put(key, self.states[key].rescheduled(self.clock() + poll))
+
+    def _put(self, key: Key, state: FleetState) -> None:
+        self.states[key] = state
+        if state.next_probe < math.inf:
+            heapq.heappush(self._schedule, (state.next_probe, key))
+
+    def _pop_due(self, now: float) -> list[Key]:
+        """The fleets due by `now`, each once, in the order they fell due."""
+        due: dict[Key, None] = {}
+        while self._schedule and self._schedule[0][0] <= now:
+            at, key = heapq.heappop(self._schedule)
+            state = self.states.get(key)
+            if state is not None and state.next_probe == at:
+                due[key] = None
+        return list(due)
+
+    def _next_due(self) -> float:
+        """When the next fleet falls due: entries left by states that moved on are dropped on the way."""
+        while self._schedule:
+            at, key = self._schedule[0]
+            state = self.states.get(key)
+            if state is not None and state.next_probe == at:
+                return at
+            heapq.heappop(self._schedule)
+        return self.clock() + 1.0
 
     def _drop_gone(self, queues: dict[Key, Queue]) -> None:
         for key in [k for k in self.states if k not in queues]:

@@ -76,7 +76,7 @@ async def _tick_forever(
             # A standby only watches (its caches stay warm); the tick writes, so it waits for the Lease. What it
             # carried from ticks of an earlier lead is stale: leading again, it continues from the status, as a
             # restarted operator does.
-            controller.states.clear()
+            controller.stand_by()
             await asyncio.to_thread(controller.wake.wait, STANDBY_LOOK)
             controller.wake.clear()
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -55,7 +56,7 @@ class Reading:
     workers: Mapping[str, WorkerState]  # pod name -> state, live entries only
     stale: tuple[str, ...] = ()  # entries that expired: their workers died, maybe holding messages
 
-    @property
+    @cached_property
     def depth(self) -> Depth:
         return Depth(
             sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values())
@@ -178,7 +179,7 @@ class Snapshot:
     pods: Mapping[str, Pod] = field(default_factory=lambda: _EMPTY)
     gone: frozenset[str] = frozenset()  # pods deleted lately: their workers' entries may still name messages
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
 
@@ -195,6 +196,6 @@ class Queue:
     spec_error: str | None = None
     written: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # its status at that moment
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)

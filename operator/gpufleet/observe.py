@@ -2,7 +2,7 @@
 
 Per fleet: its broker connection (Secrets read when the spec changed or the last probes failed), then ONE
 pipelined probe per distinct broker for all its fleets (brokers probed side by side), then the Deployment and the
-pods from the watch caches (the Deployment read from the API only when the cache has none).
+pods from the watch caches (a namespace's Deployments listed from the API once, at start).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gpufleet import metrics
 from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, RedisProbe, Request
 from gpufleet.cache import Cache
 from gpufleet.kube import Forbidden, Kube
-from gpufleet.model import Deployment, Queue, Reading, Snapshot
+from gpufleet.model import Queue, Reading, Snapshot
 from gpufleet.resources import MANAGED_BY, deployment_name
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class _Resolved:
     generation: int
     connection: Connection | None
     problem: tuple[str, str] | None  # (reason, message) when a Secret could not be read
+    request: Request | None = None  # the fleet's part of its broker's probe, made once per generation
 
 
 class Observer:
@@ -79,10 +80,12 @@ class Observer:
         out = []
         for q in [q for q in queues if q.spec is None] + valid:
             try:
-                deployment = self._deployment(q) if q.spec is not None else self._cached(q)
+                if q.spec is not None:
+                    self._list_once(q.namespace)
             except Exception:
                 failed(q.key)
                 continue
+            deployment, pods, gone = self.cache.fleet(q.namespace, q.name, deployment_name(q.name))
             r = resolved.get(q.key)
             out.append(
                 Snapshot(
@@ -97,8 +100,8 @@ class Observer:
                     reading=readings.get(q.key),
                     broker_error=errors.get(q.key),
                     deployment=deployment,
-                    pods=self.cache.pods(q.namespace, q.name),
-                    gone=self.cache.gone(q.namespace, q.name),
+                    pods=pods,
+                    gone=gone,
                 )  # fmt: skip
             )
         return out
@@ -135,7 +138,7 @@ class Observer:
         return self._keep(q, conn, None)
 
     def _keep(self, q: Queue, conn: Connection | None, problem: tuple[str, str] | None) -> _Resolved:
-        self._resolved[q.key] = r = _Resolved(q.generation, conn, problem)
+        self._resolved[q.key] = r = _Resolved(q.generation, conn, problem, _request(q) if conn else None)
         return r
 
     def _running(self, conn: Connection) -> bool:
@@ -146,14 +149,14 @@ class Observer:
         self, queues: Sequence[Queue], resolved: Mapping[Key, _Resolved], now: float
     ) -> tuple[dict[Key, Reading], dict[Key, str], set[Key]]:
         """Readings and errors by fleet, and the fleets whose broker has not answered yet (late)."""
-        groups: dict[Connection, list[Queue]] = defaultdict(list)
+        groups: dict[Connection, list[Request]] = defaultdict(list)
         errors: dict[Key, str] = {}
         for q in queues:
             r = resolved[q.key]
             if r.connection is None:
                 errors[q.key] = r.problem[1]
             else:
-                groups[r.connection].append(q)
+                groups[r.connection].append(r.request)
         futures = {}
         for conn, members in groups.items():
             # A probe a tick left running and that has finished since: what it read is this tick's reading
@@ -167,22 +170,21 @@ class Observer:
             future = futures[conn]
             if not future.done():
                 self._inflight[conn] = future
-                late.update(q.key for q in members)
+                late.update(_key(req) for req in members)
                 continue
             got, error = future.result()
-            for q in members:
+            for req in members:
                 if error is not None:
-                    errors[q.key] = error
-                elif (reading := got.get(f"{q.namespace}/{q.name}")) is not None:
-                    readings[q.key] = reading
+                    errors[_key(req)] = error
+                elif (reading := got.get(req.fleet)) is not None:
+                    readings[_key(req)] = reading
                 else:  # a fleet that joined this broker after the probe left: read at the next tick
-                    late.add(q.key)
+                    late.add(_key(req))
         return readings, errors, late
 
     def _read(
-        self, conn: Connection, members: list[Queue], now: float
+        self, conn: Connection, requests: list[Request], now: float
     ) -> tuple[dict[str, Reading], str | None]:
-        requests = [_request(q) for q in members]
         started = time.perf_counter()
         try:
             return self.probes.get(conn).read(requests, now), None
@@ -194,24 +196,20 @@ class Observer:
     def broker(self, q: Queue) -> tuple[RedisProbe, Request] | None:
         """The broker of a fleet probed this tick, with its request: for the writes a plan asks of it."""
         r = self._resolved.get(q.key)
-        if r is None or r.connection is None or q.spec is None:
+        if r is None or r.connection is None or r.request is None:
             return None
-        return self.probes.get(r.connection), _request(q)
+        return self.probes.get(r.connection), r.request
 
-    def _cached(self, q: Queue) -> Deployment | None:
-        return self.cache.deployment(q.namespace, deployment_name(q.name))
-
-    def _deployment(self, q: Queue) -> Deployment | None:
-        """From the watch's cache. At start, before the watch's listing arrives, a missing entry must not read as
-        a deleted Deployment: the first fleet of a namespace that finds none lists the namespace's Deployments
-        into the cache, once (one request, where a read per fleet took thousands); from then on the watch and our
-        own applies keep the cache."""
-        if q.namespace not in self._listed:
-            for live in self.kube.list_deployments(q.namespace, MANAGED):
-                if self.cache.deployment(q.namespace, live["metadata"]["name"]) is None:
+    def _list_once(self, namespace: str) -> None:
+        """A fleet's Deployment comes from the watch's cache. At start, before the watch's listing arrives, a
+        missing entry must not read as a deleted Deployment: the first fleet of a namespace lists the namespace's
+        Deployments into the cache, once (one request, where a read per fleet took thousands); from then on the
+        watch and our own applies keep the cache."""
+        if namespace not in self._listed:
+            for live in self.kube.list_deployments(namespace, MANAGED):
+                if self.cache.deployment(namespace, live["metadata"]["name"]) is None:
                     self.cache.deployment_event("MODIFIED", live)
-            self._listed.add(q.namespace)
-        return self._cached(q)
+            self._listed.add(namespace)
 
     def keep_only(self, keys: set[Key]) -> None:
         """Forget the connections of fleets that are gone, and close the probes no fleet uses any more."""
@@ -221,6 +219,11 @@ class Observer:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.probes.close()
+
+
+def _key(req: Request) -> Key:
+    namespace, _, name = req.fleet.partition("/")
+    return namespace, name
 
 
 def _request(q: Queue) -> Request:

@@ -238,4 +238,12 @@ def test_a_frozen_leader_writes_nothing_once_it_wakes(cluster, kubectl, namespac
     tasks.send(1, seconds=1)
     wait_for("op-b to write the new depth", lambda: sum(b.writes().values()) > written, timeout=30)
     assert a.writes() == woke_writes
+    # op-b goes (its Lease released): op-a, a leader turned standby, leads again. What its ticks carried is
+    # gone with its lead; it must pick every fleet up again from the status, as a restarted operator does.
+    b.op.stop()
+    wait_for(
+        "op-a to lead again", lambda: lease_holder(cluster.api, namespace) == "op-a", timeout=DURATION + 10
+    )
+    tasks.send(1, seconds=1)
+    wait_for("op-a to write again", lambda: sum(a.writes().values()) > sum(woke_writes.values()), timeout=30)
     tasks.close()

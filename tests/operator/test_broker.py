@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gpufleet.broker import BrokerUnreachable, Connection, Layout, RedisProbe, Request
+from gpufleet.broker import FLEETS_PER_CALL, BrokerUnreachable, Connection, Layout, RedisProbe, Request
 from gpufleet.model import Depth
 from gpufleet_tools.devcluster.redisserver import WriteCounter
 from gpufleet_worker.contract import live_workers
@@ -137,6 +137,38 @@ def test_every_fleet_on_a_broker_costs_one_round_trip(redis_url, fleets):
     readings = probe.read(requests)
     assert counter.writes - before == 1
     assert len(readings) == fleets
+    probe.close()
+
+
+def test_fleets_read_in_chunks_each_get_their_own_figures(redis_url):
+    """More fleets than one script call takes (FLEETS_PER_CALL): each fleet's sums and workers, in their place,
+    whatever its layout, in one round trip."""
+    client = redis.Redis.from_url(redis_url)
+    n = 2 * FLEETS_PER_CALL + 7
+    now = time.time()
+    requests = []
+    for i in range(n):
+        layout = Layout("pfx:" if i % 3 else "", (0, 3, 6, 9) if i % 2 else (0,), "\x06\x16")
+        requests.append(Request(f"ns/f{i}", (f"a{i}", f"b{i}"), layout))
+        for _ in range(i % 5):
+            client.lpush(layout.list_keys(f"a{i}")[-1], "m")  # the last priority list: every list counts
+        client.lpush(layout.list_keys(f"b{i}")[0], *["m"] * (i % 7 + 1))
+        if i % 50 == 0:
+            client.hset(
+                layout.workers_key(f"ns/f{i}"),
+                "pod",
+                json.dumps({"busy": True, "since": now, "expires": now + 15}),
+            )
+    probe = RedisProbe(Connection(redis_url))
+    counter = WriteCounter(probe._client)
+    probe._client.ping()
+    before = counter.writes
+    readings = probe.read(requests, now)
+    assert counter.writes - before == 1
+    for i in range(n):
+        r = readings[f"ns/f{i}"]
+        assert r.queues == {f"a{i}": Depth(i % 5, 0), f"b{i}": Depth(i % 7 + 1, 0)}, i
+        assert list(r.workers) == (["pod"] if i % 50 == 0 else []), i
     probe.close()
 
 

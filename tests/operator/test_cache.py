@@ -35,6 +35,9 @@ def test_pods_and_deployments_follow_their_events():
     cache.deployment_event("ADDED", dep)
     d = cache.deployment("ml", "embed-workers")
     assert (d.replicas, d.have, d.ready, d.replica_failure) == (3, 2, 1, "forbidden")
+    # What the tick reads of a fleet at every poll, under one lock: the same as asked one by one.
+    assert cache.fleet("ml", "embed", "embed-workers") == (d, cache.pods("ml", "embed"), frozenset({"a"}))
+    assert cache.fleet("ml", "other", "other-workers") == (None, {}, frozenset())
     cache.deployment_event("DELETED", dep)
     assert cache.deployment("ml", "embed-workers") is None
     cache.forget("ml", "embed")

@@ -8,7 +8,7 @@ import time
 from gpufleet.broker import Connection, ProbePool
 from gpufleet.cache import Cache
 from gpufleet.model import Queue
-from gpufleet.observe import Observer, _Resolved
+from gpufleet.observe import Observer, _request, _Resolved
 from gpufleet.spec import parse_spec
 
 
@@ -20,7 +20,9 @@ def queue(name: str, url: str) -> Queue:
 def test_a_silent_broker_holds_up_only_its_own_fleets(redis_url, blackhole):
     observer = Observer(kube=None, cache=Cache(), probes=ProbePool(timeout=1.0))
     healthy, silent = queue("healthy", redis_url), queue("silent", blackhole[0])
-    resolved = {q.key: _Resolved(1, Connection(q.spec.broker.url), None) for q in (healthy, silent)}
+    resolved = {
+        q.key: _Resolved(1, Connection(q.spec.broker.url), None, _request(q)) for q in (healthy, silent)
+    }
     try:
         readings, errors, late = observer._probe([healthy, silent], resolved, time.time())
         assert healthy.key in readings and late == {silent.key} and errors == {}

@@ -97,9 +97,15 @@ def live_workers(fields: Mapping[bytes | str, bytes | str], now: float) -> dict[
     return out
 
 
-def stale_fields(fields: Mapping[bytes | str, bytes | str], now: float, own: str = "") -> list[str]:
-    """Fields whose entry has expired or cannot be read, other than `own`: left by workers that died."""
-    live = live_workers(fields, now)
+def stale_fields(
+    fields: Mapping[bytes | str, bytes | str],
+    now: float,
+    own: str = "",
+    live: Mapping[str, WorkerState] | None = None,
+) -> list[str]:
+    """Fields whose entry has expired or cannot be read, other than `own`: left by workers that died. `live` is
+    `live_workers(fields, now)` when the caller has it already."""
+    live = live_workers(fields, now) if live is None else live
     return [_text(name) for name in fields if _text(name) != own and _text(name) not in live]
 
 
