@@ -49,6 +49,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     election: Election | None = memo.get("election")
     if election is None:
         memo.active, kube = (lambda: True), Kube()
+        metrics.leader.set(1)
     else:
         memo.elector = Elector(
             KubeLeases(election.namespace, election.name, timeout=election.timing.renew_deadline / 2),

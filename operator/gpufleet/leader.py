@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet import metrics
 from gpufleet.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class Elector:
         self._until = started + self.timing.renew_deadline
         if not self._leading:
             self._leading = True
+            metrics.leader.set(1)
             log.info(
                 "leader election: %s leads (Lease %s); this replica writes now", self.identity, self.name
             )
@@ -230,6 +232,7 @@ class Elector:
         self._until = -math.inf
         if self._leading:
             self._leading = False
+            metrics.leader.set(0)
             log.warning(
                 "leader election: %s no longer leads (%s); this replica stops writing", self.identity, why
             )

@@ -47,6 +47,10 @@ api_writes = Counter(
     "Writes the operator sent to the Kubernetes API, by what they wrote.",
     ("kind",),
 )
+leader = Gauge(
+    "gpufleet_leader",
+    "1 while this replica leads and writes (it holds the Lease, or runs without leader election); 0: standby.",
+)
 probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
 
 _PER_FLEET = (desired, replicas, busy_workers, restored)

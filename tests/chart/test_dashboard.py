@@ -49,7 +49,8 @@ def test_panels_are_well_formed():
         for target in panel["targets"]:
             # The operator's own series (probe time, API writes) have no fleet labels.
             operator_wide = any(
-                m in target["expr"] for m in ("probe_seconds", "tick_seconds", "api_writes", "api_reads")
+                m in target["expr"]
+                for m in ("probe_seconds", "tick_seconds", "api_writes", "api_reads", "gpufleet_leader")
             )
             if OURS.search(target["expr"]) and not operator_wide:
                 assert 'namespace=~"$namespace"' in target["expr"], target["expr"]

@@ -5,6 +5,7 @@ Lease over within the retry period, with exactly the RBAC the chart grants (a 40
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from datetime import datetime
 
@@ -78,12 +79,15 @@ def test_helm_high_availability_one_leader_hands_over_on_sigterm(cluster, namesp
             # --set would win over --set-json: the shell command replaces the release's own.
             at = release.args.index("command={python,-m,gpufleet}")
             release.args[at - 1 : at + 1] = ["--set-json", f"command={COMMAND}"]
-            release.install("--set", "highAvailability.enabled=true")
+            notes = release.install("--set", "highAvailability.enabled=true")
             pods = running_operators(cluster, namespace, 2)
             pods_seen += pods
             names = {p["metadata"]["name"] for p in pods}
             leader = wait_for("a leader", lambda: holder(cluster, namespace, release.fullname) in names and
                               holder(cluster, namespace, release.fullname), timeout=60)  # fmt: skip
+            # What NOTES.txt tells the user to run shows the leader, as written.
+            shown = next(line.strip() for line in notes.splitlines() if "get lease" in line)
+            assert cluster.kubectl(*shlex.split(shown)[1:]).stdout.strip() == leader
             cluster.kubectl("apply", "-f", "-", stdin=queue("first", namespace))
             reconciled(cluster, namespace, "first")
             (standby,) = names - {leader}

@@ -6,6 +6,7 @@ import copy
 import itertools
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gpufleet.leader import Action, Conflict, Elector, Record, Timing, decide, seen_since
 
@@ -172,10 +173,15 @@ def test_a_leader_that_loses_a_race_stops_at_once(world):
 def test_release_lets_the_standby_lead_at_its_next_look(world):
     store, clock, a, b, leads = world
     run(clock, [a, b], 10)
+    assert (
+        REGISTRY.get_sample_value("gpufleet_leader") == 1
+    )  # gpufleet_leader: one gauge per process (here, both electors')
     a.release()
     assert not a.active() and store.lease["spec"]["holderIdentity"] is None
+    assert REGISTRY.get_sample_value("gpufleet_leader") == 0
     b.step()
     assert b.active() and leads == ["a", "b"]
+    assert REGISTRY.get_sample_value("gpufleet_leader") == 1
 
 
 def test_an_unreachable_api_keeps_the_leader_until_its_deadline(world):
