@@ -6,6 +6,8 @@ gives it, loaded into the nodes since no registry is reachable)."""
 from __future__ import annotations
 
 import json
+import shlex
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import yaml
 
 from fleet import Kubectl, wait_for
-from kindfleet import Install, assert_enforces_restricted, restricted_namespace
+from kindfleet import UNHEALTHY, Install, assert_enforces_restricted, restricted_namespace
 
 pytestmark = pytest.mark.kind
 
@@ -67,6 +69,52 @@ def test_helm_install_runs_the_operator_image_restricted_and_helm_test_passes(cl
         return [f"{o['kind']}/{o['metadata']['name']}" for o in json.loads(found)["items"]]
 
     wait_for("nothing of the release left", lambda: left() == [], timeout=120)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_helm_high_availability_hands_over_when_the_leader_pod_is_deleted(cluster, crd):
+    """highAvailability on real pods: two operator pods, one holds the Lease (as the NOTES' command shows); the
+    leader's pod deleted (the kubelet's SIGTERM: it releases the Lease), the standby leads and serves a queue."""
+    suffix = uuid.uuid4().hex[:5]
+    namespace = restricted_namespace(cluster, f"kind-ha-{suffix}")
+    install = Install(cluster, namespace, release=f"gf-{suffix}")
+    try:
+        notes = install.install("--set", "crds.install=false", "--set", "highAvailability.enabled=true")
+        shown = shlex.split(next(line.strip() for line in notes.splitlines() if "get lease" in line))
+        assert shown[0] == "kubectl"
+
+        def holder() -> str:
+            return cluster.kubectl(*shown[1:], check=False).stdout.strip()
+
+        def operators() -> set[str]:
+            pods = install.kubectl.pods(
+                f"app.kubernetes.io/instance={install.release},app.kubernetes.io/component=operator"
+            )
+            return {p["metadata"]["name"] for p in pods if "deletionTimestamp" not in p["metadata"]}
+
+        names = operators()
+        assert len(names) == 2, names
+        leader = wait_for("a leader", lambda: holder() in names and holder(), timeout=60)
+        (standby,) = names - {leader}
+        deleted = time.monotonic()
+        install.kubectl.run("delete", "pod", leader, "--wait=false")
+        wait_for("the standby to lead", lambda: holder() == standby, timeout=30, every=0.1)
+        print(
+            f"on kind: leader pod deleted -> the standby holds the Lease in {time.monotonic() - deleted:.2f}s"
+        )
+
+        first = notes_queue(notes)
+        install.kubectl.apply(json.dumps(first))
+        wait_for("BrokerReachable=True, from the new leader",
+                 lambda: install.kubectl.condition("first", "BrokerReachable").get("status") == "True",
+                 timeout=90)  # fmt: skip
+        for name in operators():
+            log = install.kubectl.run("logs", name, "--all-containers").stdout
+            bad = [line for line in log.splitlines() if UNHEALTHY.search(line)]
+            assert bad == [], f"{name}'s log:\n" + "\n".join(bad[:30])
+        install.kubectl.run("delete", "gtq", "first", "--wait=true")
+    finally:
+        install.uninstall()
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
