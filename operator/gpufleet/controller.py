@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 WRITERS = 8  # fleets written side by side: within the API client's connection pool
 WAIT_RECHECK = 0.25  # seconds until a fleet whose broker is slow to answer is looked at again
+# Fleets a tick takes at most; more that are due wait for the next tick, which starts at once. A tick observes,
+# plans and writes its fleets together: over thousands of fleets, a task seen by the probe waited for every other
+# fleet to be planned before its scale-up was written.
+FLEETS_PER_TICK = 500
 
 
 class Controller:
@@ -115,7 +119,7 @@ class Controller:
                     self._put(key, FleetState.first(q.uid, q.written))
                 if self.states[key].generation != q.generation:  # a changed spec is planned at once
                     self._put(key, replace(self.states[key], generation=q.generation, next_probe=now))
-        due = [queues[key] for key in self._pop_due(now) if key in queues]
+        due = [queues[key] for key in self._pop_due(now, FLEETS_PER_TICK) if key in queues]
         try:
             return self._tick_due(queues, due, now)
         except BaseException:
@@ -151,7 +155,10 @@ class Controller:
         for key, future in writes.items():
             self._settle(key, future.result())
 
-        return max(0.05, self._next_due() - self.clock())
+        next_due = self._next_due()
+        if next_due <= now:  # fleets left due by this tick's limit
+            return 0.0
+        return max(0.05, next_due - self.clock())
 
     def _write(self, snap, plan, before: FleetState, broker) -> FleetState | None:
         """Apply one fleet's plan; None when the API failed (logged here, with its traceback)."""
@@ -187,10 +194,10 @@ class Controller:
         if state.next_probe < math.inf:
             heapq.heappush(self._schedule, (state.next_probe, key))
 
-    def _pop_due(self, now: float) -> list[Key]:
-        """The fleets due by `now`, each once, in the order they fell due."""
+    def _pop_due(self, now: float, limit: int = FLEETS_PER_TICK) -> list[Key]:
+        """The fleets due by `now`, each once, in the order they fell due: at most `limit` of them."""
         due: dict[Key, None] = {}
-        while self._schedule and self._schedule[0][0] <= now:
+        while self._schedule and self._schedule[0][0] <= now and len(due) < limit:
             at, key = heapq.heappop(self._schedule)
             state = self.states.get(key)
             if state is not None and state.next_probe == at:

@@ -87,7 +87,8 @@ async def _tick_forever(
             log.exception("tick failed; retrying")
             wait = 1.0
         # Until the next fleet is due, or a queue changes (a new or edited GpuTaskQueue is acted on at once).
-        await asyncio.to_thread(controller.wake.wait, wait)
+        if wait > 0:  # 0: fleets are still due (a tick takes at most FLEETS_PER_TICK)
+            await asyncio.to_thread(controller.wake.wait, wait)
         controller.wake.clear()
 
 

@@ -64,3 +64,12 @@ def test_a_tick_that_fails_loses_no_fleet(controller):
     assert c._next_due() == 101.0
     c.now[0] = 101.0
     assert c._pop_due(101.0) == [("ns", "q")]
+
+
+def test_a_tick_takes_at_most_its_limit_and_the_rest_stay_due(controller):
+    c = controller
+    for i in range(7):
+        c._put(("ns", f"q{i}"), FleetState(uid=str(i), next_probe=90.0 + i))
+    assert c._pop_due(100.0, limit=5) == [("ns", f"q{i}") for i in range(5)]
+    assert c._next_due() == 95.0  # still due: the next tick starts at once
+    assert c._pop_due(100.0, limit=5) == [("ns", "q5"), ("ns", "q6")]
