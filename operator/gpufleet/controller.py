@@ -25,7 +25,7 @@ from gpufleet import metrics
 from gpufleet.apply import apply
 from gpufleet.broker import ProbePool
 from gpufleet.cache import Cache
-from gpufleet.kube import Kube, namespace_terminating, transient
+from gpufleet.kube import Kube, namespace_gone, transient
 from gpufleet.leader import NotLeading
 from gpufleet.model import Queue
 from gpufleet.observe import Observer
@@ -227,9 +227,9 @@ class Controller:
 def _log_failure(key: Key, exc: BaseException | None) -> None:
     """A passing fault (the API restarting or overloaded, this replica no longer leading) is one line; anything
     else is logged with its traceback, as a bug to look at."""
-    if isinstance(exc, ApiException) and namespace_terminating(exc):
-        # Its namespace is going, and the queue with it: the deletion event ends this fleet; nothing to debug.
-        log.info("%s/%s: its namespace is being deleted; nothing more is written there", *key)
+    if isinstance(exc, ApiException) and namespace_gone(exc):
+        # Its namespace is going or gone, and the queue with it: the deletion event ends this fleet; nothing to debug.
+        log.info("%s/%s: its namespace is being deleted or gone; nothing more is written there", *key)
     elif exc is not None and (transient(exc) or isinstance(exc, NotLeading)):
         log.warning("%s/%s: %s: %s; retrying at its next poll", *key, type(exc).__name__, _short(exc))
     else:

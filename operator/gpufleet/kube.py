@@ -57,13 +57,18 @@ def _message(exc: ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 
-def namespace_terminating(exc: ApiException) -> bool:
-    """403 because the namespace is being deleted (cause NamespaceTerminating), not because RBAC refused."""
+def namespace_gone(exc: ApiException) -> bool:
+    """Refused because the object's namespace is being deleted (403, cause NamespaceTerminating) or is already
+    gone (404 naming the namespace itself), not because RBAC refused or the object is missing."""
+    if exc.status not in (403, 404):
+        return False
     try:
-        causes = (json.loads(exc.body).get("details") or {}).get("causes") or []
+        details = json.loads(exc.body).get("details") or {}
     except (TypeError, ValueError, AttributeError):
         return False
-    return exc.status == 403 and any(c.get("reason") == "NamespaceTerminating" for c in causes)
+    if exc.status == 404:
+        return details.get("kind") == "namespaces"
+    return any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
 
 
 def load_config() -> None:
@@ -179,7 +184,7 @@ class Kube:
         try:
             self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
-            if exc.status in (404, 409) or namespace_terminating(exc):
+            if exc.status in (404, 409) or namespace_gone(exc):
                 return  # gone, already posted, or its namespace is being deleted: nobody will read it
             log.warning(
                 "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], _message(exc)

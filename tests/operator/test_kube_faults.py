@@ -37,14 +37,31 @@ def refused_as_terminating(kind: str) -> ApiException:
     return exc
 
 
-def test_an_event_in_a_namespace_being_deleted_is_dropped_quietly():
-    from gpufleet.kube import namespace_terminating
+def namespace_not_found() -> ApiException:
+    """The 404 an API server answers a write in a namespace already deleted (the Status names the namespace)."""
+    exc = ApiException(status=404, reason="Not Found")
+    exc.body = json.dumps({
+        "kind": "Status", "code": 404, "reason": "NotFound", "message": 'namespaces "t" not found',
+        "details": {"name": "t", "kind": "namespaces"},
+    })  # fmt: skip
+    return exc
 
-    assert namespace_terminating(refused_as_terminating("events"))
+
+def test_an_event_in_a_namespace_being_deleted_or_gone_is_dropped_quietly():
+    from gpufleet.kube import namespace_gone
+
+    assert namespace_gone(refused_as_terminating("events"))
+    assert namespace_gone(namespace_not_found())
     rbac = ApiException(status=403)
     rbac.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "cannot create"})
-    assert not namespace_terminating(rbac)
-    assert not namespace_terminating(ApiException(status=500))
+    assert not namespace_gone(rbac)
+    missing = ApiException(status=404)  # the object itself missing is not its namespace gone
+    missing.body = json.dumps(
+        {"kind": "Status", "code": 404, "details": {"name": "q", "kind": "deployments"}}
+    )
+    assert not namespace_gone(missing)
+    assert not namespace_gone(ApiException(status=404))
+    assert not namespace_gone(ApiException(status=500))
 
 
 def test_a_write_refused_because_its_namespace_is_going_is_one_quiet_line(caplog):
@@ -56,6 +73,10 @@ def test_a_write_refused_because_its_namespace_is_going_is_one_quiet_line(caplog
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "being deleted" in caplog.text
     assert not any(w in caplog.text for w in ("403", "orbidden", "Traceback"))
+    caplog.clear()
+    _log_failure(("t", "q"), namespace_not_found())  # a tick that wrote after the namespace was gone
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "Traceback" not in caplog.text
     caplog.clear()
     rbac = ApiException(status=403, reason="Forbidden")
     rbac.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "cannot patch"})
