@@ -134,7 +134,9 @@ def test_burst_scales_up_drains_and_returns_to_zero(kubectl, operator, redis_url
     assert kubectl.replicas("burst-workers") == 0
 
     started = time.monotonic()
-    tasks.send(24, seconds=0.5)
+    # 36 s of work: with 3 workers it lasts long enough after the third starts for the 2 Pending pods to be seen
+    # (at 0.5 s a task, a loaded machine had the first workers drain the queue before the third one ran).
+    tasks.send(24, seconds=1.5)
     wait_for("a scale-up", lambda: (kubectl.replicas("burst-workers") or 0) >= 1, timeout=30, every=0.05)
     reaction = time.monotonic() - started
     print(f"reaction time, first task to spec.replicas >= 1: {reaction:.2f}s")
@@ -144,7 +146,12 @@ def test_burst_scales_up_drains_and_returns_to_zero(kubectl, operator, redis_url
         phases = [p["status"].get("phase") for p in pods if not p["metadata"].get("deletionTimestamp")]
         return phases.count("Pending") >= 2 and phases.count("Running") == 3 and phases
 
-    wait_for("3 pods running and 2 pending for want of a GPU", pending_and_running, timeout=60)
+    def seen():
+        status = kubectl.status("burst")
+        phases = [p["status"].get("phase") for p in kubectl.pods("gpufleet.dev/fleet=burst")]
+        return {"phases": phases, **{k: status.get(k) for k in ("queued", "reserved", "desiredReplicas")}}
+
+    wait_for("3 pods running and 2 pending for want of a GPU", pending_and_running, timeout=60, show=seen)
     wait_for("every task done", tasks.all_done, timeout=240, every=0.5)
     assert tasks.duplicates() == {}, "a task ran twice"
     assert sorted(tasks.done()) == sorted(tasks.sent), "a task was lost"
