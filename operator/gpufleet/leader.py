@@ -256,7 +256,11 @@ class Elector:
                 {"metadata": {"name": self.name, "resourceVersion": record.version}, "spec": spec}
             )
         except Exception as exc:  # the standby takes it over when it expires instead
-            log.warning("leader election: could not release the Lease %s: %s", self.name, exc)
+            # (an uninstall deletes the Role while this pod is still stopping: 403, and nobody is waiting)
+            why = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc).splitlines()[0]
+            log.warning(
+                "leader election: could not release the Lease %s (%s); it expires instead", self.name, why
+            )
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -86,11 +86,15 @@ def test_helm_high_availability_hands_over_when_the_leader_pod_is_deleted(cluste
         def holder() -> str:
             return cluster.kubectl(*shown[1:], check=False).stdout.strip()
 
-        def operators() -> set[str]:
+        def operators(running: bool = False) -> set[str]:
             pods = install.kubectl.pods(
                 f"app.kubernetes.io/instance={install.release},app.kubernetes.io/component=operator"
             )
-            return {p["metadata"]["name"] for p in pods if "deletionTimestamp" not in p["metadata"]}
+            live = [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+            if running:
+                live = [p for p in live if all(s.get("state", {}).get("running")
+                                               for s in p["status"].get("containerStatuses") or [{}])]  # fmt: skip
+            return {p["metadata"]["name"] for p in live}
 
         names = operators()
         assert len(names) == 2, names
@@ -108,7 +112,10 @@ def test_helm_high_availability_hands_over_when_the_leader_pod_is_deleted(cluste
         wait_for("BrokerReachable=True, from the new leader",
                  lambda: install.kubectl.condition("first", "BrokerReachable").get("status") == "True",
                  timeout=90)  # fmt: skip
-        for name in operators():
+        # The deleted leader's replacement too: its log can be read once its container runs.
+        running = wait_for("two operator pods running", lambda: len(names := operators(running=True)) == 2 and names,
+                           timeout=90)  # fmt: skip
+        for name in running:
             log = install.kubectl.run("logs", name, "--all-containers").stdout
             bad = [line for line in log.splitlines() if UNHEALTHY.search(line)]
             assert bad == [], f"{name}'s log:\n" + "\n".join(bad[:30])
