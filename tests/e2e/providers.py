@@ -41,7 +41,8 @@ from gpufleet_tools.devcluster.controlplane import kwok
 from gpufleet_tools.devcluster.podrunner import PodRunner
 
 KIND_CONFIG = Path(__file__).with_name("kind-config.yaml")
-KIND_NAME = "gpufleet-e2e"
+# GPUFLEET_KIND_NAME: another name lets two kind sessions run side by side on one machine.
+KIND_NAME = os.environ.get("GPUFLEET_KIND_NAME", "gpufleet-e2e")
 # The names tests put in manifests. On kind these images are built here and loaded into the nodes; on the local
 # control plane no image is ever pulled or run.
 IMAGES = {"operator": "gpufleet-operator:e2e", "worker": "gpufleet-worker:e2e"}
@@ -350,7 +351,7 @@ def _hold_session_lock() -> None:
     """One kind session at a time on this machine: the session owns the cluster's name, and deletes a cluster of
     that name an interrupted session left. Held until this process ends."""
     global _session_lock
-    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpufleet" / "kind-e2e.lock"
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpufleet" / f"{KIND_NAME}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     _session_lock = open(path, "w")  # noqa: SIM115 - held open for the session
     try:
