@@ -1,7 +1,7 @@
-"""Writes the GpuTaskQueue reference of the README from the CRD file, its one source.
+"""Writes the GpuTaskQueue reference (docs/reference.md) from the CRD file, its one source.
 
-.venv/bin/python hack/crd_reference.py          rewrite the README section
-.venv/bin/python hack/crd_reference.py --check  exit 1 when the README is stale (a test runs this)
+.venv/bin/python hack/crd_reference.py          rewrite the generated section of docs/reference.md
+.venv/bin/python hack/crd_reference.py --check  exit 1 when it is stale (a test runs this)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpufleet.crd import schema
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 BEGIN, END = "<!-- crd-reference:begin -->", "<!-- crd-reference:end -->"
 
 
@@ -60,7 +60,7 @@ def render() -> str:
 
     def collect(node: dict, path: str) -> None:
         for rule in node.get("x-kubernetes-validations", []):
-            rules.append(f"- `{path}`: {' '.join(rule['message'].split())}")
+            rules.append(f"- `{path or 'metadata'}`: {' '.join(rule['message'].split())}")
         for name, sub in node.get("properties", {}).items():
             collect(sub, f"{path}.{name}")
 
@@ -70,19 +70,19 @@ def render() -> str:
 
 
 def main() -> int:
-    text = README.read_text()
+    text = REFERENCE.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     new = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
     if "--check" in sys.argv:
         if new != text:
             print(
-                "README.md: the GpuTaskQueue reference is stale; run .venv/bin/python hack/crd_reference.py",
+                "docs/reference.md: the GpuTaskQueue reference is stale; run .venv/bin/python hack/crd_reference.py",
                 file=sys.stderr,
             )
             return 1
         return 0
-    README.write_text(new)
+    REFERENCE.write_text(new)
     return 0
 
 

@@ -278,6 +278,13 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "gpufleet"
 RELEASE, RELEASE_NAMESPACE = "gpufleet", "gpufleet-system"
 
 
+def release_installed(env: dict[str, str]) -> bool:
+    """Whether the cluster already has the release this demo would install."""
+    out = subprocess.run(["helm", "status", RELEASE, "--namespace", RELEASE_NAMESPACE],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    return out.returncode == 0
+
+
 def install_operator(kubectl: Kubectl, env: dict[str, str], *values: str) -> None:
     """`helm install` of the chart (CRD, RBAC, the operator's Deployment), then wait until it serves."""
     out = subprocess.run(
@@ -353,11 +360,19 @@ def run(args: argparse.Namespace) -> int:
         cluster = local_cluster(args.nodes, args.gpus_per_node, args.keep)
     else:
         env = {**os.environ, "KUBECONFIG": args.kubeconfig}
-        install_operator(
-            Kubectl(env),
-            env,
-            *(["--set", f"image.repository={args.operator_image}"] if args.operator_image else []),
-        )
+        if release_installed(env):
+            # Never reset a release's values: use the operator as it is installed.
+            print(
+                f"gpufleet is installed (release {RELEASE} in {RELEASE_NAMESPACE}): using it as it is",
+                flush=True,
+            )
+            wait_established(Kubectl(env))
+        else:
+            install_operator(
+                Kubectl(env),
+                env,
+                *(["--set", f"image.repository={args.operator_image}"] if args.operator_image else []),
+            )
         cluster = contextlib.nullcontext((env, args.broker, args.image))
     with cluster as (env, broker, image):
         kubectl = Kubectl(env)
