@@ -92,6 +92,9 @@ def _export(snap: Snapshot, g: Gauges) -> None:
     metrics.replicas.labels(ns, name).set(g.replicas)
     if g.busy is not None:
         metrics.busy_workers.labels(ns, name).set(g.busy)
+    if g.ready is not None:
+        metrics.ready_workers.labels(ns, name).set(g.ready)
+    metrics.set_failing(ns, name, dict(g.failing))
     if g.direction is not None:
         metrics.decisions.labels(ns, name, g.direction, g.limited_by).inc()
     if g.probe_failed:

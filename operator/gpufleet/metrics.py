@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from gpufleet.model import TROUBLES
+
 FLEET = ("namespace", "gputaskqueue")
 
 queued = Gauge("gpufleet_queue_queued", "Tasks waiting in the broker, per Celery queue.", (*FLEET, "queue"))
@@ -14,6 +16,18 @@ reserved = Gauge(
 )
 desired = Gauge("gpufleet_desired_replicas", "Worker pods the last decision asked for.", FLEET)
 replicas = Gauge("gpufleet_replicas", "Worker pods the Deployment has.", FLEET)
+ready_workers = Gauge(
+    "gpufleet_ready_workers",
+    "Workers taking tasks: worker pods whose worker reports to the broker. With gpufleet_desired_replicas > 0, "
+    "0 for minutes means no worker can start.",
+    FLEET,
+)
+failing_pods = Gauge(
+    "gpufleet_failing_pods",
+    "Worker pods that cannot start, by reason (ImagePullFailed, ContainerConfigError, OOMKilled, "
+    "CrashLoopBackOff, Unschedulable).",
+    (*FLEET, "reason"),
+)
 busy_workers = Gauge(
     "gpufleet_busy_workers", "Workers running a task, as they report it to the broker.", FLEET
 )
@@ -53,13 +67,23 @@ leader = Gauge(
 )
 probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
 
-_PER_FLEET = (desired, replicas, busy_workers, restored)
+_PER_FLEET = (desired, replicas, ready_workers, busy_workers, restored)
+
+
+def set_failing(namespace: str, name: str, counts: dict[str, int]) -> None:
+    """One series per reason that holds pods now; the others go (not thousands of fleets times five zeros)."""
+    for reason in TROUBLES:
+        if counts.get(reason):
+            failing_pods.labels(namespace, name, reason).set(counts[reason])
+        else:
+            _remove(failing_pods, namespace, name, reason)
 
 
 def forget(namespace: str, name: str, queues: tuple[str, ...]) -> None:
     """Drop a deleted fleet's series so they do not linger at their last value."""
     for gauge in _PER_FLEET:
         _remove(gauge, namespace, name)
+    set_failing(namespace, name, {})
     for queue in queues:
         _remove(queued, namespace, name, queue)
         _remove(reserved, namespace, name, queue)

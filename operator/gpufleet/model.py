@@ -25,6 +25,7 @@ __all__ = [
     "Queue",
     "Reading",
     "Snapshot",
+    "Trouble",
     "WorkerState",
 ]
 
@@ -71,6 +72,95 @@ def _epoch(stamp: str | None) -> float | None:
         return None
 
 
+# Why a worker pod cannot start, as the kubelet (or the scheduler) says it: the typed reasons of the conditions.
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+OOM_KILLED = "OOMKilled"
+CRASH_LOOP = "CrashLoopBackOff"
+UNSCHEDULABLE = "Unschedulable"
+TROUBLES = (
+    IMAGE_PULL_FAILED,
+    CONTAINER_CONFIG_ERROR,
+    OOM_KILLED,
+    CRASH_LOOP,
+    UNSCHEDULABLE,
+)  # the first hides the next
+_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
+_CONFIG = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+TAIL_LINES = 3  # lines of a crashed container's termination message (its log's end) that a message quotes
+TAIL_CHARS = 400
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why a pod's worker cannot start: a typed reason and what the kubelet or the scheduler said."""
+
+    reason: str
+    detail: str
+
+
+def _tail(text: str | None) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return " | ".join(lines[-TAIL_LINES:])[-TAIL_CHARS:]
+
+
+def _ended(name: str, terminated: Mapping[str, Any]) -> Trouble:
+    code, why = terminated.get("exitCode"), terminated.get("reason") or "Error"
+    if why == "OOMKilled":
+        return Trouble(
+            OOM_KILLED, f"container {name} was killed for using more memory than its limit (OOMKilled)"
+        )
+    tail = _tail(terminated.get("message"))
+    detail = f"container {name} exited with code {code} ({why})"
+    return Trouble(CRASH_LOOP, f"{detail}; its last output: {tail}" if tail else detail)
+
+
+def container_trouble(status: Mapping[str, Any]) -> Trouble | None:
+    """What keeps one container (a containerStatuses item) from running, by its state: None for one running, or
+    merely slow to start (ContainerCreating, PodInitializing, an image pull under way)."""
+    name = status.get("name") or "worker"
+    state = status.get("state") or {}
+    waiting = state.get("waiting") or {}
+    reason, message = waiting.get("reason"), waiting.get("message") or ""
+    if reason in _PULL:
+        detail = f"image {status.get('image')!r} cannot be pulled ({reason})"
+        return Trouble(IMAGE_PULL_FAILED, f"{detail}: {message}" if message else detail)
+    if reason in _CONFIG:
+        return Trouble(CONTAINER_CONFIG_ERROR, f"container {name} cannot be created ({reason}): {message}")
+    ended = state.get("terminated") or (status.get("lastState") or {}).get("terminated")
+    if ended is None:
+        return (
+            Trouble(CRASH_LOOP, f"container {name} restarts in a loop")
+            if reason == "CrashLoopBackOff"
+            else None
+        )
+    abnormal = ended.get("reason") == "OOMKilled" or ended.get("exitCode") not in (0, None)
+    # Crashed, and not ready since: waiting out its back-off, just ended, or started again and not ready yet.
+    if reason == "CrashLoopBackOff" or (abnormal and not status.get("ready")):
+        return _ended(name, ended)
+    return None
+
+
+def pod_trouble(obj: Mapping[str, Any]) -> Trouble | None:
+    """Why a pod's worker cannot start: its containers' states first, then the scheduler's word."""
+    status = obj.get("status") or {}
+    for item in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        if (found := container_trouble(item)) is not None:
+            return found
+    gates = (obj.get("spec") or {}).get("schedulingGates")
+    if gates:
+        names = ", ".join(g.get("name", "?") for g in gates)
+        return Trouble(UNSCHEDULABLE, f"held by scheduling gates ({names})")
+    for c in status.get("conditions") or []:
+        if (
+            c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ):
+            return Trouble(UNSCHEDULABLE, c.get("message") or "no node can take it")
+    return None
+
+
 @dataclass(frozen=True)
 class Pod:
     """A worker pod, as far as scaling cares."""
@@ -86,29 +176,31 @@ class Pod:
     failed: bool = False  # phase Failed (evicted, for one): its worker is gone though the object stays
     cost_contested: bool = False  # another controller (Karpenter) manages its pod-deletion-cost
     created: float | None = None  # metadata.creationTimestamp (epoch seconds): start-up is measured from it
+    trouble: Trouble | None = None  # why its worker cannot start (image, crash, configuration, no node)
+
+    @property
+    def cannot_start(self) -> bool:
+        """Its worker cannot start as the pod is (image, crash, configuration): a pod waiting for a node may still
+        get one, and a pod merely slow to start has no trouble at all."""
+        return self.trouble is not None and self.trouble.reason != UNSCHEDULABLE and not self.terminating
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Pod:
         meta = obj["metadata"]
-        conditions = (obj.get("status") or {}).get("conditions") or []
         annotations = meta.get("annotations") or {}
+        trouble = pod_trouble(obj)
         return cls(
             name=meta["name"],
             scheduled=bool((obj.get("spec") or {}).get("nodeName")),
             # Held by a scheduling gate (Kueue and other admission controllers) is as pending as unplaceable.
-            unschedulable=bool((obj.get("spec") or {}).get("schedulingGates"))
-            or any(
-                c.get("type") == "PodScheduled"
-                and c.get("status") == "False"
-                and c.get("reason") == "Unschedulable"
-                for c in conditions
-            ),
+            unschedulable=trouble is not None and trouble.reason == UNSCHEDULABLE,
             terminating=bool(meta.get("deletionTimestamp")),
             deletion_cost=annotations.get(DELETION_COST),
             protected=(meta.get("labels") or {}).get(BUSY_LABEL) == "true",
             failed=(obj.get("status") or {}).get("phase") == "Failed",
             cost_contested=KARPENTER_MANAGED_COST in annotations,
             created=_epoch(meta.get("creationTimestamp")),
+            trouble=trouble,
         )
 
 
@@ -158,6 +250,9 @@ class Observation:
     startup_s: float | None = None  # seconds from a pod's creation to its worker taking tasks
     slots: int = 1  # tasks one worker pod runs at once
     ready: int | None = None  # worker pods whose worker takes tasks (None: not known)
+    failing: int = (
+        0  # worker pods whose worker cannot start (image, crash, configuration): not about to start
+    )
     starting: tuple[float, ...] = ()  # ages in seconds of the worker pods whose worker has not started yet
 
 

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gpufleet import model
 from gpufleet import status as st
 from gpufleet.budget import Claim, Share, divide
-from gpufleet.model import KARPENTER_MANAGED_COST, Observation, Snapshot
+from gpufleet.model import KARPENTER_MANAGED_COST, Observation, Pod, Snapshot
 from gpufleet.policy import Decision, History, decide, demand, seeded
 from gpufleet.resources import busy_pdb, deployment, deployment_name
 from gpufleet.scalein import changed_annotations, deletion_costs, idle_pods
@@ -80,6 +81,8 @@ class Gauges:
     desired: int | None
     replicas: int
     busy: int | None
+    ready: int | None  # workers taking tasks (None: not known, the broker unread)
+    failing: Mapping[str, int]  # reason -> worker pods that cannot start for it
     direction: str | None  # up, down or hold: one more decision counted; None when nothing was decided
     limited_by: str
     probe_failed: bool
@@ -234,11 +237,13 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
         startup_s=meter.startup_s,
         slots=spec.worker.slots,
         ready=sum(1 for name in live if name in workers) if pods else None,
-        # Pods with no node for their GPU are not about to start: the policy counts them as just asked for.
+        failing=sum(1 for name, p in live.items() if p.cannot_start and name not in workers),
+        # Pods with no node for their GPU, or that cannot start, are not about to start: the policy counts them as
+        # just asked for.
         starting=tuple(
             snap.now - t
             for name, t in created.items()
-            if name not in workers and not live[name].unschedulable
+            if name not in workers and not live[name].unschedulable and not live[name].cannot_start
         ),
     )
     next_probe = next_poll(snap.now, poll, snap.uid)
@@ -273,7 +278,8 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
             workers = snap.reading.workers if snap.reading else {}
             annotations = changed_annotations(snap.pods, deletion_costs(snap.pods, workers, snap.now))
 
-    conditions = _conditions(snap, decision, rejected)
+    failing = _failing(snap)
+    conditions = _conditions(snap, decision, rejected, failing)
     events, warned = _events(snap, conditions, state)
     rendered = st.render(conditions, state.written.get("conditions") or [], stamp)
     last_scale = stamp if scale_event else state.last_scale_time
@@ -283,7 +289,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
         replicas=snap.deployment, gpus_per_pod=spec.worker.gpus if spec else 0, reading=snap.reading,
         pods=snap.pods, throughput=throughput, share=share, budget=gpu_budget, decision=decision,
         last_scale_time=last_scale, arrival_rate=state.meter.arrival_rate, service_s=state.meter.service_s,
-        startup_s=state.meter.startup_s,
+        startup_s=state.meter.startup_s, ready_workers=_ready(snap),
     )  # fmt: skip
     patch = st.merge_patch(state.written, status)
     if patch is not None and st.only_figures_changed(state.written, status):
@@ -317,7 +323,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
         scale_event=scale_event,
         events=events,
         status=patch,
-        gauges=_gauges(snap, decision, current),
+        gauges=_gauges(snap, decision, current, failing),
         state=new_state,
     )
 
@@ -355,7 +361,9 @@ def _protection(snap: Snapshot) -> dict[str, bool]:
     return out
 
 
-def _problem(snap: Snapshot, rejected: tuple[int, str] | None) -> tuple[str, str] | None:
+def _problem(
+    snap: Snapshot, rejected: tuple[int, str] | None, failing: list[tuple[str, list[str]]]
+) -> tuple[str, str] | None:
     """What stops this fleet from being scaled as asked, the most basic first."""
     if snap.spec_error is not None:
         return "InvalidSpec", snap.spec_error
@@ -365,12 +373,63 @@ def _problem(snap: Snapshot, rejected: tuple[int, str] | None) -> tuple[str, str
         return "DeploymentRejected", f"the worker Deployment was refused: {rejected[1]}"
     if snap.deployment is not None and snap.deployment.replica_failure:
         return "PodsNotCreated", f"the worker pods cannot be created: {snap.deployment.replica_failure}"
+    if _ready(snap) == 0 and failing and failing[0][0] != model.UNSCHEDULABLE:
+        return failing[0][0], f"no worker runs: {_failing_message(snap, failing)}"
     return None
 
 
-def _conditions(snap: Snapshot, decision: Decision | None, rejected) -> list[st.Condition]:
+def _ready(snap: Snapshot) -> int | None:
+    """Workers taking tasks: the fleet's pods whose worker reports to the broker (None: the broker unread)."""
+    if snap.reading is None:
+        return None
+    return sum(1 for name, p in snap.pods.items() if name in snap.reading.workers and not p.terminating)
+
+
+# What a user does about each cause.
+_ADVICE = {
+    model.IMAGE_PULL_FAILED: "fix spec.worker.image, or let the nodes pull it (the registry's credentials in "
+    "spec.worker.imagePullSecrets)",
+    model.CONTAINER_CONFIG_ERROR: "create the Secret or ConfigMap (or its key) that spec.worker.env names, or fix "
+    "the reference",
+    model.OOM_KILLED: "raise spec.worker.resources.limits.memory, or make its tasks use less",
+    model.CRASH_LOOP: "the worker exits as it starts: check spec.worker.celeryApp (its module must import in the "
+    "image) and the pod's log (kubectl logs --previous)",
+    model.UNSCHEDULABLE: "add nodes with free GPUs, or check spec.worker.nodeSelector and tolerations",
+}
+
+
+def _failing(snap: Snapshot) -> list[tuple[str, list[str]]]:
+    """What keeps worker pods from starting, the cause to fix first first (model.TROUBLES): (reason, its pods by name). A pod whose
+    worker reports to the broker is not counted, whatever its containers' last state."""
+    workers = snap.reading.workers if snap.reading else {}
+    by_reason: dict[str, list[str]] = {}
+    for name in sorted(snap.pods):
+        pod: Pod = snap.pods[name]
+        if pod.trouble is not None and not pod.terminating and name not in workers:
+            by_reason.setdefault(pod.trouble.reason, []).append(name)
+    return [(reason, by_reason[reason]) for reason in model.TROUBLES if reason in by_reason]
+
+
+def _failing_message(snap: Snapshot, failing: list[tuple[str, list[str]]]) -> str:
+    """The first cause, counted, with one of its pods, what the kubelet or the scheduler says, and the fix."""
+    reason, names = failing[0]
+    live = sum(1 for p in snap.pods.values() if not p.terminating)
+    if reason == model.UNSCHEDULABLE:
+        what, held = "wait for a node", ""
+    else:
+        what, held = "cannot start", "; no more pods are asked for until a worker starts"
+    detail = snap.pods[names[0]].trouble.detail
+    return (
+        f"{len(names)} of {live} worker pods {what} ({reason}); pod {names[0]}: {detail}. "
+        f"To fix: {_ADVICE[reason]}{held}"
+    )
+
+
+def _conditions(
+    snap: Snapshot, decision: Decision | None, rejected, failing: list[tuple[str, list[str]]]
+) -> list[st.Condition]:
     """Every condition, derived afresh from this tick's snapshot and decision."""
-    problem = _problem(snap, rejected)
+    problem = _problem(snap, rejected, failing)
     if snap.spec is None:
         broker = st.Condition(
             st.BROKER_REACHABLE, None, "NotProbed", "the spec is invalid; nothing is probed"
@@ -403,6 +462,12 @@ def _conditions(snap: Snapshot, decision: Decision | None, rejected) -> list[st.
             out.append(st.Condition(st.SCALE_IN_PROTECTED, True, "Protected",
                                     "busy workers are kept from eviction (busy PodDisruptionBudget) and node "
                                     "consolidation, and a scale-in removes idle workers first"))  # fmt: skip
+        if failing:
+            out.append(st.Condition(st.WORKERS_FAILING, True, failing[0][0], _failing_message(snap, failing)))
+        else:
+            out.append(
+                st.Condition(st.WORKERS_FAILING, False, "NoneFailing", "no worker pod is failing to start")
+            )
     if decision is not None:
         limited = decision.limited_by
         out.append(
@@ -435,7 +500,20 @@ def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetStat
         was = st.condition(state.written.get("conditions") or [], st.BROKER_REACHABLE)
         if was and was.get("status") == "False":
             events.append(Event("Normal", "BrokerReachable", "the broker answers again; scaling resumed"))
-    if ready.status is False and ready.reason != "BrokerUnreachable":
+    workers = by_type.get(st.WORKERS_FAILING)
+    if workers is not None and workers.status is True:
+        # One Warning per cause and episode, naming a pod and its state; Ready, when it says the same, adds none.
+        warned.add(f"{st.WORKERS_FAILING}: {workers.reason}")
+        if f"{st.WORKERS_FAILING}: {workers.reason}" not in state.warned:
+            events.append(Event("Warning", workers.reason, workers.message))
+    elif workers is not None:
+        was = st.condition(state.written.get("conditions") or [], st.WORKERS_FAILING)
+        if was and was.get("status") == "True":
+            events.append(Event("Normal", "WorkersStarted", "no worker pod is failing to start any more"))
+    if ready.status is False and ready.reason not in (
+        "BrokerUnreachable",
+        workers.reason if workers else None,
+    ):
         key = ready.reason if ready.reason in _EPISODES else f"{ready.reason}: {ready.message}"
         warned.add(key)
         if key not in state.warned:
@@ -448,7 +526,9 @@ def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetStat
     return tuple(events), frozenset(warned)
 
 
-def _gauges(snap: Snapshot, decision: Decision | None, current: int | None) -> Gauges:
+def _gauges(
+    snap: Snapshot, decision: Decision | None, current: int | None, failing: list[tuple[str, list[str]]]
+) -> Gauges:
     reading = snap.reading
     direction = None
     if decision is not None and current is not None:
@@ -458,6 +538,8 @@ def _gauges(snap: Snapshot, decision: Decision | None, current: int | None) -> G
         desired=decision.replicas if decision else None,
         replicas=snap.deployment.have if snap.deployment else 0,
         busy=sum(w.busy for w in reading.workers.values()) if reading else None,
+        ready=_ready(snap),
+        failing={reason: len(names) for reason, names in failing},
         direction=direction,
         limited_by=(decision.limited_by if decision else None) or "none",
         probe_failed=snap.spec is not None and snap.deployment is not None and reading is None,

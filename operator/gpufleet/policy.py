@@ -28,6 +28,10 @@ class History:
     last_down: float | None = None  # last time the replicas were lowered
     down_cut: bool = False  # that scale-down stopped above the recommendation: more pods are due to go
     last_up: float | None = None  # last time the replicas were raised
+    # While worker pods cannot start: how many workers were ready when that began (None: no pod failing), and
+    # whether one more has become ready since (the cause is fixed: scaling goes on as usual).
+    ready_when_failing: int | None = None
+    started_since: bool = False
 
 
 def seeded(now: float, current: int) -> History:
@@ -239,6 +243,21 @@ def _last_busy(obs: Observation, history: History) -> float:
     return obs.now if obs.depth.total > 0 or history.last_busy is None else history.last_busy
 
 
+def _stall(obs: Observation, history: History) -> tuple[History, bool]:
+    """Whether the fleet's new pods fail to start: then no more are asked for (they would hold GPUs and run
+    nothing) until a worker becomes ready, which says the cause is fixed. Told by the pods' states (an image that
+    cannot be pulled, a crash, a missing Secret), never by a pod merely slow to start."""
+    ready = obs.ready or 0
+    if not obs.failing:
+        return dataclasses.replace(history, ready_when_failing=None, started_since=False), False
+    if history.ready_when_failing is None:
+        return dataclasses.replace(history, ready_when_failing=ready, started_since=False), True
+    started = history.started_since or ready > history.ready_when_failing
+    # Fewer ready (an idle worker removed) lowers the mark: the next worker to start counts.
+    mark = history.ready_when_failing if started else min(ready, history.ready_when_failing)
+    return dataclasses.replace(history, ready_when_failing=mark, started_since=started), not started
+
+
 def decide(spec: ScalingSpec, obs: Observation, history: History = History()) -> Decision:
     """Desired replicas for one fleet, with the reason that goes into its status and Events."""
     current = obs.current
@@ -303,6 +322,14 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
                 "busyWorkers",
                 f"only idle workers are removed ({_plural(obs.idle_workers, 'idle worker')})",
             )
+
+    new_history, stalled = _stall(obs, new_history)
+    if stalled and target > current:
+        target = current
+        limited_by, held = (
+            "workersFailing",
+            f"{_plural(obs.failing, 'worker pod')} that cannot start (no scale-up until a worker starts)",
+        )
 
     if obs.schedulable is not None and target > max(current, obs.schedulable):
         target = max(current, obs.schedulable)

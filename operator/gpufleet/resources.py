@@ -152,6 +152,9 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
         "env": worker_env(spec, namespace, name),
         "resources": _resources(spec),
         "volumeMounts": [{"name": "gpufleet-run", "mountPath": "/tmp/gpufleet"}],
+        # A worker that exits with an error leaves its log's last lines as its termination message: the queue's
+        # condition quotes them (a celeryApp that does not import says why).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "livenessProbe": {
             "exec": {"command": ["python", "-m", "gpufleet_worker.health"]},
             "periodSeconds": 20,

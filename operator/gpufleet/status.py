@@ -17,6 +17,7 @@ BROKER_REACHABLE = "BrokerReachable"
 READY = "Ready"
 SCALING_LIMITED = "ScalingLimited"
 SCALE_IN_PROTECTED = "ScaleInProtected"
+WORKERS_FAILING = "WorkersFailing"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def camel(word: str) -> str:
 # are live figures, refreshed at most every REFRESH_SECONDS while nothing else changes: a fleet under load would
 # otherwise patch its status at every poll.
 AT_ONCE = ("observedGeneration", "deployment", "replicas", "readyReplicas", "gpus", "desiredReplicas",
-           "pendingPods", "lastScaleTime")  # fmt: skip
+           "pendingPods", "lastScaleTime", "workers", "failingPods")  # fmt: skip
 REFRESH_SECONDS = 5.0
 
 
@@ -114,6 +115,7 @@ def body(
     arrival_rate: float | None = None,
     service_s: float | None = None,
     startup_s: float | None = None,
+    ready_workers: int | None = None,
 ) -> dict[str, Any]:
     """The status subresource of one GpuTaskQueue, from what was observed and decided in one tick."""
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
@@ -133,6 +135,9 @@ def body(
             "busyWorkers": sum(1 for w in reading.workers.values() if w.busy),
             "idleWorkers": len(idle_pods(pods, reading.workers)),
             "pendingPods": sum(1 for p in pods.values() if p.unschedulable and not p.terminating),
+            "failingPods": sum(
+                1 for name, p in pods.items() if p.cannot_start and name not in reading.workers
+            ),
         }
         if throughput is not None:
             status["throughput"] = f"{throughput:.2g}"
@@ -143,6 +148,12 @@ def body(
         status["gpuShare"] = {"gpus": share.gpus, "budget": budget, "reason": share.reason}
     if decision is not None:
         status |= {"desiredReplicas": decision.replicas, "reason": decision.reason}
+    desired = (
+        decision.replicas if decision is not None else replicas.replicas if replicas is not None else None
+    )
+    ready = ready_workers if ready_workers is not None else replicas.ready if replicas is not None else None
+    if desired is not None and ready is not None:
+        status["workers"] = f"{ready}/{desired}"  # kubectl get's WORKERS column
     if last_scale_time:
         status["lastScaleTime"] = last_scale_time
     return status
