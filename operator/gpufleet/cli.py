@@ -49,7 +49,26 @@ def _depth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials_problem() -> str | None:
+    """Why the operator could not reach a cluster, in one line, or None: in a pod its ServiceAccount's token,
+    elsewhere $KUBECONFIG's files or ~/.kube/config."""
+    if (SERVICE_ACCOUNT_NAMESPACE.parent / "token").exists():
+        return None
+    if os.environ.get("KUBECONFIG"):
+        paths = [Path(p) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p]
+        missing = [str(p) for p in paths if not p.exists()]
+        return f"KUBECONFIG names files that do not exist: {', '.join(missing)}" if missing else None
+    if not (Path.home() / ".kube" / "config").exists():
+        return (
+            "no cluster to run against: not in a pod, KUBECONFIG is unset and ~/.kube/config does not exist"
+        )
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
+    if problem := _credentials_problem():
+        print(f"gpufleet run: {problem}", file=sys.stderr)
+        return 2
     import kopf
 
     import gpufleet.handlers  # noqa: F401 - registers the handlers
@@ -191,7 +210,8 @@ def _add_tools(sub: argparse._SubParsersAction, tool: str | None) -> None:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             raise SystemExit(
-                f"gpufleet {name}: {exc.name} is missing; the tools install with: pip install 'gpufleet[dev]'"
+                f"gpufleet {name}: the Python module {exc.name} is missing; the tools install with the 'dev' "
+                "extra (pip install 'gpufleet[dev]', or from a checkout: pip install './[dev]')"
             ) from None
         cmd = sub.add_parser(
             name,
@@ -207,4 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tool = argv[0] if argv and argv[0] in TOOLS else None
     args = parser(tool).parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("gpufleet", "gpufleet_worker", "gpufleet_tools"):
+            raise
+        extra = "dev" if args.command in TOOLS else "operator"
+        print(
+            f"gpufleet {args.command}: the Python module {exc.name} is missing; install the '{extra}' extra "
+            f"(pip install 'gpufleet[{extra}]', or from a checkout: pip install './[{extra}]')",
+            file=sys.stderr,
+        )
+        return 2

@@ -350,6 +350,9 @@ def local_cluster(nodes: int, gpus: int, keep: bool):
 
 def run(args: argparse.Namespace) -> int:
     local = not args.kubeconfig
+    if not local and not Path(args.kubeconfig).exists():
+        print(f"gpufleet demo: --kubeconfig {args.kubeconfig}: no such file", file=sys.stderr)
+        return 2
     if not local and not (args.broker and args.image):
         print(
             "gpufleet demo: --kubeconfig needs --broker (a Redis URL its pods reach) and --image",
