@@ -128,7 +128,7 @@ def test_every_truncation_is_a_payload_error(cut):
 
 
 def _payload(doc: bytes, area: bytes = b"") -> bytes:
-    return len(doc).to_bytes(8, "little") + doc + area
+    return codec.MAGIC + len(doc).to_bytes(8, "little") + doc + area
 
 
 def _ext(code: int, fields) -> bytes:
@@ -142,7 +142,9 @@ def _array(dtype, shape, offset, area: bytes) -> bytes:
 @pytest.mark.parametrize(
     "payload, message",
     [
-        (b"\x01\x00", "shorter than its length prefix"),
+        (codec.MAGIC + b"\x01\x00", "shorter than its length prefix"),
+        (b"\xc1GF2" + bytes(8), "does not start with the mark"),
+        (b"\x01\x00", "neither gpufleet-msgpack nor JSON"),
         (_payload(b"\xc1"), "FormatError"),
         (_payload(msgpack.packb(1) + b"\x00"), "ExtraData"),
         (_payload(b"\x91\x01")[:-1], "the document needs 2 bytes, 1 follow"),
@@ -157,7 +159,7 @@ def _array(dtype, shape, offset, area: bytes) -> bytes:
         (_array("<f8", [-1], 0, b""), "malformed array shape"),
         (_array("<f8", ["1"], 0, b""), "malformed array shape"),
         (
-            _array("<f8", [1], 0, b"\x00" * 8)[:8] + _ext(codec.EXT_NDARRAY, ["<f8", [1]]),
+            _array("<f8", [1], 0, b"\x00" * 8)[:12] + _ext(codec.EXT_NDARRAY, ["<f8", [1]]),
             "malformed array header",
         ),
         (_payload(_ext(codec.EXT_SCALAR, ["<f8", b"\x00"])), "a <f8 scalar needs 8 bytes"),
@@ -179,3 +181,48 @@ def test_a_self_containing_value_is_refused_not_a_crash():
 def test_deep_nesting_is_refused_not_a_crash():
     with pytest.raises(PayloadError):
         codec.loads(_payload(b"\x91" * 100_000 + b"\xc0"))
+
+
+def test_auto_writes_json_without_arrays_and_the_codec_with_them():
+    plain = codec.dumps_auto([[1, "two", {"three": 3.0}], {}, {}])
+    assert not codec.is_binary(plain) and plain.startswith(b"[")
+    assert codec.loads(plain) == [[1, "two", {"three": 3.0}], {}, {}]
+    with_array = codec.dumps_auto([[np.arange(3)], {}, {}])
+    assert codec.is_binary(with_array)
+    assert_same(codec.loads(with_array), [[np.arange(3)], {}, {}])
+
+
+def test_both_names_share_one_content_type_and_one_decoder():
+    codec.register()
+    for name in (codec.NAME, codec.AUTO_NAME):
+        content_type, encoding, data = kombu_dumps({"a": np.eye(2)}, serializer=name)
+        assert content_type == codec.CONTENT_TYPE and encoding == "binary"
+        assert_same(kombu_loads(data, content_type, encoding), {"a": np.eye(2)})
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (np.arange(4, dtype=np.int16).reshape(2, 2), [[0, 1], [2, 3]]),
+        (np.float32(0.5), 0.5),
+        (np.bool_(True), True),
+        (np.zeros((0, 3)), []),
+    ],
+)
+def test_to_json_makes_lists_and_numbers(value, expected):
+    got = codec.to_json(value)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (np.ones(2, dtype=np.complex64), "complex ndarray cannot be written as JSON"),
+        (np.complex128(1j), "complex complex128 cannot be written as JSON"),
+        (1j, "complex number cannot be written as JSON"),
+        (np.array([object()]), "not dtype object"),
+    ],
+)
+def test_to_json_refuses_what_json_cannot_hold(value, message):
+    with pytest.raises(PayloadError, match=message):
+        codec.to_json(value)

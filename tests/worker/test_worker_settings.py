@@ -140,10 +140,11 @@ def test_configure_gives_an_app_the_fleet_safe_defaults():
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_time_limit == 600 and conf.broker_transport_options["visibility_timeout"] == 900
-    assert conf.task_serializer == conf.result_serializer == codec.NAME
+    assert conf.task_serializer == codec.AUTO_NAME and conf.result_serializer == codec.NAME
     assert set(conf.accept_content) == set(conf.result_accept_content) == {"json", codec.NAME}
     assert conf.task_default_queue == "gpu" and conf.worker_pool == "solo"
-    assert conf.result_backend == "redis://r:6379/0" and conf.result_expires == 3600
+    assert conf.result_backend == "gpufleet_worker.results:NegotiatingRedisBackend+redis://r:6379/0"
+    assert conf.result_expires == 3600
     assert conf.result_backend_transport_options == {"global_keyprefix": "team-a:"}
     assert {"gpufleet_worker.tasks", "gpufleet_worker.fanout"} <= set(conf.include)
     assert conf.worker_consumer == "gpufleet_worker.consumer:Consumer"

@@ -43,3 +43,16 @@ if os.environ.get("USER_APP_SLOW_TASK"):
     @app.task(name="user.slow", time_limit=float(os.environ["USER_APP_SLOW_TASK"]))
     def slow():
         return None
+
+
+@app.task(name="user.total")
+def total(prices, quantities):
+    """A user's task as it was before gpufleet: plain Python values in and out."""
+    return {"total": sum(p * q for p, q in zip(prices, quantities, strict=True)), "items": len(prices)}
+
+
+@app.task(name="user.histogram")
+def histogram(values, bins):
+    """Returns NumPy values, which a JSON producer gets as lists and numbers."""
+    counts, edges = np.histogram(values, bins=bins)
+    return {"counts": counts, "edges": edges, "peak": counts.max()}

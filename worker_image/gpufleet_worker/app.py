@@ -2,6 +2,10 @@
 
 `celery -A gpufleet_worker.app:app worker` runs the task library; a user's app that calls `configure(app)`
 gets the same broker, codec, fleet-safe defaults, device layer, heartbeat and worker state.
+
+Results go back in the format of the task's message (results.py): JSON for a plain Celery producer, the binary
+codec for one that sent its task in it. The messages this app sends itself (retries, chord callbacks, fan-out,
+or a producer that imports this app) are JSON unless their arguments hold arrays (`gpufleet-auto`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Mapping
 
 from celery import Celery
 
-from . import codec, lifecycle
+from . import codec, lifecycle, results
 from .settings import Settings, from_env
 
 
@@ -24,13 +28,14 @@ def configure(app: Celery, env: Mapping[str, str] | None = None) -> Settings:
         broker_use_ssl=settings.broker_use_ssl,
         broker_transport_options=settings.transport_options,
         broker_connection_retry_on_startup=True,
-        result_backend=settings.result_backend,
+        result_backend=results.backend_url(settings.result_backend),
         redis_backend_use_ssl=settings.broker_use_ssl
         if settings.result_backend == settings.broker_url
         else None,
         result_backend_transport_options=settings.result_transport_options,
         result_expires=settings.result_expires,
-        task_serializer=codec.NAME,
+        task_serializer=codec.AUTO_NAME,
+        # What this app reads results with: the codec's decoder reads JSON results too.
         result_serializer=codec.NAME,
         accept_content=accept,
         result_accept_content=accept,

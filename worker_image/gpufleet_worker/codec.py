@@ -5,9 +5,17 @@ array costs one memory copy each way rather than a Python object walk. Everythin
 the codec carries what JSON carries (tuples come back as lists) plus arrays, NumPy scalars and complex
 numbers.
 
-A payload is: the length of the msgpack document (8 bytes, little-endian), the document, then the bytes of
-every array in the order the document names them. Keeping array bytes out of the document spares msgpack
-from copying them into its own buffer (and growing it) on the way in; the document refers to each by offset.
+A payload is: a 4-byte mark (`MAGIC`), the length of the msgpack document (8 bytes, little-endian), the
+document, then the bytes of every array in the order the document names them. Keeping array bytes out of the
+document spares msgpack from copying them into its own buffer (and growing it) on the way in; the document
+refers to each by offset. The mark starts with 0xC1, a byte that begins neither msgpack nor UTF-8 text, so
+`loads` tells a payload of this codec from JSON: a result in Redis carries no content type, and a reader that
+has this codec reads the JSON results a worker writes for plain producers as well (see results.py).
+
+Two names are registered with kombu: `gpufleet-msgpack` always writes this format (the producer's side,
+gpufleet_worker.client), `gpufleet-auto` writes JSON when the value has no arrays and this format otherwise
+(the messages a worker sends itself: retries, chord callbacks, fan-out), so a task that came in as JSON
+keeps being JSON, and so does its result.
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ import struct
 import msgpack
 import numpy as np
 from kombu.serialization import register as kombu_register
+from kombu.utils import json as kombu_json
 
 from .errors import PayloadError
 
 NAME = "gpufleet-msgpack"
+AUTO_NAME = "gpufleet-auto"
 CONTENT_TYPE = "application/x-gpufleet-msgpack"
+MAGIC = b"\xc1GF1"
 DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024**2
 
 EXT_NDARRAY = 1  # [dtype, shape, offset]: the array's bytes lie at `offset` in the array area
@@ -134,28 +145,43 @@ def dumps(obj, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(f"gpufleet-msgpack cannot encode this value: {exc}") from exc
-    size = _DOC_LEN.size + len(doc) + encoder.offset
+    size = len(MAGIC) + _DOC_LEN.size + len(doc) + encoder.offset
     if size > max_bytes:
         raise PayloadError(
             f"payload of {size} bytes exceeds the limit of {max_bytes} bytes "
             "(GPUFLEET_MAX_PAYLOAD_BYTES); pass large data by reference or split it (gpufleet_worker.fanout)"
         )
-    return b"".join((_DOC_LEN.pack(len(doc)), doc, *encoder.buffers))
+    return b"".join((MAGIC, _DOC_LEN.pack(len(doc)), doc, *encoder.buffers))
+
+
+def dumps_auto(obj, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """JSON (kombu's, as Celery writes it) when `obj` holds no arrays, this codec's format otherwise."""
+    try:
+        text = kombu_json.dumps(obj)
+    except (TypeError, ValueError):
+        return dumps(obj, max_bytes)
+    return text.encode("utf-8")
+
+
+def is_binary(data) -> bool:
+    """Whether `data` is meant as a payload of this codec (JSON never starts with the mark's first byte)."""
+    return data[:1] == MAGIC[:1]
 
 
 def _decode(data) -> object:
-    if len(data) < _DOC_LEN.size:
+    start = len(MAGIC) + _DOC_LEN.size
+    if data[: len(MAGIC)] != MAGIC:
+        raise PayloadError(f"it does not start with the mark {MAGIC!r}")
+    if len(data) < start:
         raise PayloadError("shorter than its length prefix")
-    (doc_len,) = _DOC_LEN.unpack_from(data)
-    doc_end = _DOC_LEN.size + doc_len
+    (doc_len,) = _DOC_LEN.unpack_from(data, len(MAGIC))
+    doc_end = start + doc_len
     if doc_end > len(data):
-        raise PayloadError(
-            f"the document needs {doc_len} bytes, {len(data) - _DOC_LEN.size} follow (truncated)"
-        )
+        raise PayloadError(f"the document needs {doc_len} bytes, {len(data) - start} follow (truncated)")
     view = memoryview(data)
     decoder = _Decoder(view[doc_end:])
     try:
-        value = msgpack.unpackb(view[_DOC_LEN.size : doc_end], ext_hook=decoder.ext_hook, raw=False,
+        value = msgpack.unpackb(view[start:doc_end], ext_hook=decoder.ext_hook, raw=False,
                                 strict_map_key=False)  # fmt: skip
     except PayloadError:
         raise
@@ -167,6 +193,7 @@ def _decode(data) -> object:
 
 
 def loads(data, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+    """A payload of this codec, or JSON (what `dumps_auto` and a worker's JSON results write)."""
     if isinstance(data, str):
         # kombu hands text to decoders when a transport decoded the body; ours is binary.
         data = data.encode("latin-1")
@@ -174,18 +201,45 @@ def loads(data, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
         raise PayloadError(
             f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes (GPUFLEET_MAX_PAYLOAD_BYTES)"
         )
+    if not is_binary(data):
+        try:
+            return kombu_json.loads(bytes(data).decode("utf-8"))
+        except ValueError as exc:
+            raise PayloadError(f"neither gpufleet-msgpack nor JSON ({len(data)} bytes): {exc}") from None
     try:
         return _decode(data)
     except PayloadError as exc:
         raise PayloadError(f"malformed gpufleet-msgpack payload of {len(data)} bytes: {exc}") from None
 
 
+def to_json(value):
+    """`value` as JSON types, for a reader without this codec: arrays become nested lists, NumPy scalars
+    numbers (a `default` hook of json.JSONEncoder; anything else is left to kombu's JSON encoder)."""
+    if type(value).__module__.startswith("cupy") and callable(getattr(value, "get", None)):
+        value = value.get()
+    if isinstance(value, (np.ndarray, np.generic)):
+        _check_dtype(value.dtype)
+        if value.dtype.kind == "c":
+            raise PayloadError(
+                f"a complex {type(value).__name__} cannot be written as JSON, which has no complex numbers: "
+                "read this result with gpufleet_worker.client (arrays in binary), or return real and "
+                "imaginary parts"
+            )
+        return value.tolist()
+    if isinstance(value, complex):
+        raise PayloadError("a complex number cannot be written as JSON, which has no complex numbers")
+    raise TypeError(f"not JSON: {type(value).__qualname__}")
+
+
 def register(max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
-    """Make kombu (and so Celery) able to use the codec in this process, with this size limit."""
-    kombu_register(
-        NAME,
-        lambda obj: dumps(obj, max_bytes),
-        lambda data: loads(data, max_bytes),
-        content_type=CONTENT_TYPE,
-        content_encoding="binary",
-    )
+    """Make kombu (and so Celery) able to use the codec in this process, with this size limit.
+
+    Both names share one content type and one decoder, which reads either format."""
+    for name, encode in ((AUTO_NAME, dumps_auto), (NAME, dumps)):
+        kombu_register(
+            name,
+            lambda obj, encode=encode: encode(obj, max_bytes),
+            lambda data: loads(data, max_bytes),
+            content_type=CONTENT_TYPE,
+            content_encoding="binary",
+        )

@@ -12,7 +12,7 @@ import logging
 from billiard.process import current_process
 from celery import Celery, signals
 
-from . import brokerclient, device, heartbeat
+from . import brokerclient, device, heartbeat, results
 from .errors import DeviceError, SettingsError
 from .settings import Settings, check_time_limit
 from .state import Keeper, delivery_tag
@@ -80,6 +80,7 @@ def _on_worker_ready(sender=None, **_):
 
 
 def _on_task_received(request=None, **_):
+    results.mark(request)
     tag = delivery_tag(request)
     if _keeper is not None and tag is not None:
         _keeper.received(tag)

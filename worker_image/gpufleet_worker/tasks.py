@@ -1,6 +1,7 @@
 """The task library: `gpufleet.<name>` tasks that run on CuPy on a GPU worker and on NumPy elsewhere.
 
-Each task is a plain function of `xp` and device arrays; callers pass and get NumPy arrays.
+Each task is a plain function of `xp` and device arrays. Callers pass NumPy arrays and get them back
+(gpufleet_worker.client), or pass nested lists and get lists back (a plain Celery producer, JSON).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _require_ndim(what: str, a, ndims: tuple[int, ...]) -> None:
         raise ValueError(f"{what} must be {wanted}, got shape {tuple(a.shape)}")
 
 
-@gpu_task(name="gpufleet.matmul")
+@gpu_task(name="gpufleet.matmul", arrays=("a", "b"))
 def matmul(xp, a, b):
     """a @ b for 2-D a and b."""
     _require_ndim("a", a, (2,))
@@ -29,7 +30,7 @@ def matmul(xp, a, b):
     return a @ b
 
 
-@gpu_task(name="gpufleet.batched_matmul")
+@gpu_task(name="gpufleet.batched_matmul", arrays=("a", "b"))
 def batched_matmul(xp, a, b):
     """A stack of products: a[i] @ b[i] for 3-D a and b (a batch of 1 broadcasts)."""
     _require_ndim("a", a, (3,))
@@ -39,13 +40,13 @@ def batched_matmul(xp, a, b):
     return xp.matmul(a, b)
 
 
-@gpu_task(name="gpufleet.fft")
+@gpu_task(name="gpufleet.fft", arrays=("a",))
 def fft(xp, a, axes=None, norm=None):
     """The n-dimensional discrete Fourier transform over `axes` (all by default)."""
     return xp.fft.fftn(a, axes=axes, norm=norm)
 
 
-@gpu_task(name="gpufleet.ifft")
+@gpu_task(name="gpufleet.ifft", arrays=("a",))
 def ifft(xp, a, axes=None, norm=None):
     """The inverse of gpufleet.fft."""
     return xp.fft.ifftn(a, axes=axes, norm=norm)
@@ -54,7 +55,7 @@ def ifft(xp, a, axes=None, norm=None):
 _REDUCTIONS = ("sum", "prod", "mean", "std", "var", "min", "max", "argmin", "argmax")
 
 
-@gpu_task(name="gpufleet.reduce")
+@gpu_task(name="gpufleet.reduce", arrays=("a",))
 def reduce(xp, a, op="sum", axis=None):
     """One reduction of `a` along `axis` (None: all): sum, prod, mean, std, var, min, max, argmin, argmax."""
     if op not in _REDUCTIONS:
@@ -64,7 +65,7 @@ def reduce(xp, a, op="sum", axis=None):
     return getattr(xp, op)(a, axis=axis)
 
 
-@gpu_task(name="gpufleet.stats")
+@gpu_task(name="gpufleet.stats", arrays=("a",))
 def stats(xp, a, axis=None, quantiles=()):
     """Summary statistics along `axis`: count, sum, mean, std, min, max, and the requested quantiles."""
     if isinstance(axis, list):
@@ -90,7 +91,7 @@ def _unit_rows(xp, x):
     return x / xp.where(norms == 0, 1, norms)
 
 
-@gpu_task(name="gpufleet.cosine_topk")
+@gpu_task(name="gpufleet.cosine_topk", arrays=("queries", "corpus"))
 def cosine_topk(xp, queries, corpus, k=10):
     """The k corpus rows most cosine-similar to each query row: {"indices": (q, k), "scores": (q, k)}."""
     if queries.ndim == 1:
@@ -126,7 +127,7 @@ def _float_dtype(*arrays) -> np.dtype:
     return np.result_type(*(a.dtype for a in arrays), np.float32)
 
 
-@gpu_task(name="gpufleet.normalize_images")
+@gpu_task(name="gpufleet.normalize_images", arrays=("images",))
 def normalize_images(xp, images, mean=0.0, std=1.0, scale=None):
     """(images / scale - mean) / std per channel, as float32 (or float64 for float64 input).
 
@@ -153,7 +154,7 @@ def _linear_taps(xp, n_in: int, n_out: int):
     return lo, hi, pos - lo
 
 
-@gpu_task(name="gpufleet.resize_images")
+@gpu_task(name="gpufleet.resize_images", arrays=("images",))
 def resize_images(xp, images, height, width):
     """Bilinear resize of a batch to height x width (no antialiasing), as float32 (or float64)."""
     batch = _as_nhwc(images)
@@ -170,7 +171,7 @@ def resize_images(xp, images, height, width):
     return out[..., 0] if images.ndim == 3 else out
 
 
-@gpu_task(name="gpufleet.convolve_images")
+@gpu_task(name="gpufleet.convolve_images", arrays=("images", "kernel"))
 def convolve_images(xp, images, kernel):
     """2-D convolution of every image and channel with `kernel`, zero-padded, same size out.
 
