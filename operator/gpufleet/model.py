@@ -7,6 +7,7 @@ one Snapshot per fleet; the policy and the plan read nothing else. No I/O here, 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -99,9 +100,15 @@ class Trouble:
     detail: str
 
 
+_CREDENTIALS = re.compile(
+    r"(\w+://)[^/@\s]*@"
+)  # a URL's user and password: a traceback may print a broker URL
+
+
 def _tail(text: str | None) -> str:
+    """The last lines of a log, one line, without the credentials of any URL in them: they go to Events."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return " | ".join(lines[-TAIL_LINES:])[-TAIL_CHARS:]
+    return _CREDENTIALS.sub(r"\1***@", " | ".join(lines[-TAIL_LINES:]))[-TAIL_CHARS:]
 
 
 def _ended(name: str, terminated: Mapping[str, Any]) -> Trouble:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import textwrap
 
 import pytest
@@ -390,6 +391,31 @@ def test_queues_before_the_crd_is_served_are_refused_plainly(helm):
 def test_queues_outside_the_watched_namespaces_are_refused(helm):
     error = helm.refuse("namespaced.yaml", "queues.yaml", api_versions=(QUEUE_API,))
     assert f"queues: {NAMESPACE}/embeddings is in a namespace the operator does not watch" in error
+
+
+def test_the_alert_on_fleets_whose_workers_cannot_start_is_off_by_default(helm):
+    assert "PrometheusRule" not in helm.render().kinds()
+    rule = helm.render("monitoring.yaml").one("PrometheusRule", FULLNAME)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    ((alert,),) = [group["rules"] for group in rule["spec"]["groups"]]
+    assert alert["alert"] == "GpuFleetNoWorkerStarts" and alert["for"] == "10m"
+    assert alert["labels"] == {"severity": "warning"}
+    expr = " ".join(alert["expr"].split())
+    assert expr == (
+        "max by (namespace, gputaskqueue) (gpufleet_desired_replicas) > 0 and on (namespace, gputaskqueue) "
+        "max by (namespace, gputaskqueue) (gpufleet_ready_workers) == 0"
+    )
+    # Prometheus fills in the labels; the text says where to look.
+    description = alert["annotations"]["description"]
+    assert "{{ $labels.namespace }}/{{ $labels.gputaskqueue }}" in description and "for 10m" in description
+    assert "kubectl describe gtq -n {{ $labels.namespace }} {{ $labels.gputaskqueue }}" in description
+    # It names metrics the operator exports.
+    from prometheus_client import REGISTRY
+
+    from gpufleet import metrics  # noqa: F401 - registers the operator's metrics
+
+    assert set(re.findall(r"gpufleet_[a-z_]+", expr)) <= {family.name for family in REGISTRY.collect()}
 
 
 def test_service_monitor_and_network_policy(helm):

@@ -44,7 +44,7 @@ def test_structural_basics():
     (version,) = crd["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Queued", "Running", "Replicas", "Desired", "GPUs", "Ready", "Age"]
+    assert columns == ["Queued", "Running", "Workers", "Replicas", "Desired", "GPUs", "Ready", "Age"]
     status = schema()["properties"]["status"]["properties"]
     for field in (
         "queued",
@@ -55,6 +55,8 @@ def test_structural_basics():
         "reason",
         "observedGeneration",
         "conditions",
+        "workers",
+        "failingPods",
     ):
         assert field in status
 

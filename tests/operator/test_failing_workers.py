@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gpufleet import metrics
+from gpufleet.crd import schema
 from gpufleet.model import Deployment, Depth, Pod, Reading, Snapshot, WorkerState, pod_trouble
 from gpufleet.plan import FleetState, plan_tick
 from gpufleet.spec import parse_spec
@@ -131,6 +132,14 @@ def test_init_containers_count_and_the_termination_message_is_cut_to_its_end():
     trouble = pod_trouble(obj)
     assert trouble.reason == "CrashLoopBackOff" and "container setup exited with code 2" in trouble.detail
     assert trouble.detail.endswith("x | last line") and len(trouble.detail) < 500
+    leaked = {
+        "exitCode": 1,
+        "reason": "Error",
+        "message": "Cannot connect to redis://:s3cret@redis:6379/0: refused",
+    }
+    obj["status"]["initContainerStatuses"][0]["lastState"]["terminated"] = leaked
+    detail = pod_trouble(obj).detail
+    assert "s3cret" not in detail and "redis://***@redis:6379/0" in detail
 
 
 # ---- the plan -------------------------------------------------------------------------------------------------
@@ -197,6 +206,8 @@ def test_pods_that_cannot_start_show_on_the_queue_warn_once_and_hold_the_fleet(r
     assert [(e.type, e.reason) for e in first.events] == [("Warning", reason)]
     assert "embed-workers-0" in first.events[0].message
     assert first.status["workers"] == "0/3" and first.status["failingPods"] == 3
+    # Declared in the CRD: the API server would drop what is not (and `kubectl get gtq` shows `workers`).
+    assert first.status.keys() <= schema()["properties"]["status"]["properties"].keys()
     assert (first.gauges.ready, dict(first.gauges.failing)) == (0, {reason: 3})
 
     # More tasks arrive: held at 3, no Warning again, whichever pod is now named first.
