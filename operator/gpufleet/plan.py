@@ -501,14 +501,17 @@ def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetStat
         if was and was.get("status") == "False":
             events.append(Event("Normal", "BrokerReachable", "the broker answers again; scaling resumed"))
     workers = by_type.get(st.WORKERS_FAILING)
+    was = st.condition(state.written.get("conditions") or [], st.WORKERS_FAILING) or {}
     if workers is not None and workers.status is True:
         # One Warning per cause and episode, naming a pod and its state; Ready, when it says the same, adds none.
-        warned.add(f"{st.WORKERS_FAILING}: {workers.reason}")
-        if f"{st.WORKERS_FAILING}: {workers.reason}" not in state.warned:
+        # An episode the status already shows was warned of, by this replica or before a restart or handover.
+        key = f"{st.WORKERS_FAILING}: {workers.reason}"
+        warned.add(key)
+        shown = was.get("status") == "True" and was.get("reason") == workers.reason
+        if key not in state.warned and not shown:
             events.append(Event("Warning", workers.reason, workers.message))
     elif workers is not None:
-        was = st.condition(state.written.get("conditions") or [], st.WORKERS_FAILING)
-        if was and was.get("status") == "True":
+        if was.get("status") == "True":
             events.append(Event("Normal", "WorkersStarted", "no worker pod is failing to start any more"))
     if ready.status is False and ready.reason not in (
         "BrokerUnreachable",

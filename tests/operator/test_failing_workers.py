@@ -258,6 +258,17 @@ def test_one_worker_started_clears_the_condition_at_once_and_the_fleet_scales_as
     assert [e.reason for e in again.events] == ["ImagePullFailed"]
 
 
+def test_a_restarted_operator_does_not_warn_again_of_an_episode_its_status_shows():
+    pods = [failing("embed-workers-0", "CrashLoopBackOff")]
+    first = step(snap(100, pods, queued=1))
+    assert [e.reason for e in first.events] == ["CrashLoopBackOff"]
+    restarted = step(snap(200, pods, queued=1), FleetState.first("u1", first.state.written))
+    assert restarted.events == () and conditions(restarted)["WorkersFailing"]["reason"] == "CrashLoopBackOff"
+    # Another cause is another episode.
+    other = step(snap(201, [failing("embed-workers-0", "OOMKilled")], queued=1), restarted.state)
+    assert [e.reason for e in other.events] == ["OOMKilled"]
+
+
 def test_a_fleet_that_cannot_start_still_scales_down():
     pods = [failing(f"embed-workers-{i}", "CrashLoopBackOff") for i in range(4)]
     held = step(snap(100, pods, queued=4))
