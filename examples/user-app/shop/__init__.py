@@ -1,0 +1,1 @@
+"""The shop's own Celery tasks, run on a gpufleet fleet."""
