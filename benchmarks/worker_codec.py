@@ -1,20 +1,46 @@
-"""Array codec throughput from 1 KB to 256 MB: encode and decode GB/s beside a plain memory copy.
+"""Arrays producer to result through a real worker and Redis, on each path; then the codec's own GB/s.
 
-    python benchmarks/worker_codec.py [--max-mb 256]
+    python benchmarks/worker_codec.py [--sizes-mb 0.001,1,64] [--max-mb 256] [--no-roundtrip] [--no-codec]
 
-Encoding copies each array once into the message's bytes, decoding copies it once out (so the result is
-writable). The floors beside them: `tobytes` (making a bytes object of the array, which is what a message
-body is) and `copy` (ndarray.copy). Ratios near 1 mean the codec adds little beyond the copy it must make.
+Round trips: a task that returns its argument (bench.echo), one float32 array of each size, through one solo
+worker, timed from the producer's send to its result in hand (median of several):
+- today's: the result path before results followed the request's format (every result in gpufleet-msgpack,
+  Celery's Redis backend), from a producer with the codec;
+- binary: gpufleet_worker.client.use_arrays(producer) against the worker as it is now;
+- JSON: a plain Celery producer (Celery's defaults), the array sent as nested lists (`tolist()`), the result
+  read as lists, against the same worker. Not counted: making the lists from the array beforehand. At 16 MB
+  and more, one sample.
+The three paths take turns, so that a change of load on a shared machine hits them alike.
+Redis' pubsub output buffer limit is lifted, so a result of 64 MB reaches its waiting producer at once.
+
+Codec: encode and decode GB/s beside `tobytes` and `copy`, in process. Ratios near 1 mean the codec adds
+little beyond the copy it must make.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import redis
+from celery import Celery
 
-from gpufleet_worker import codec
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "worker")]
+
+from workerproc import Worker, worker_env  # noqa: E402
+
+from gpufleet_worker import codec  # noqa: E402
+from gpufleet_worker.client import use_arrays  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+TIMEOUT = 900
 
 
 def best_of(fn, repeat: int) -> float:
@@ -26,12 +52,81 @@ def best_of(fn, repeat: int) -> float:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-mb", type=int, default=256)
-    args = parser.parse_args()
+def label(nbytes: int) -> str:
+    return f"{nbytes >> 20} MB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KB"
+
+
+def interleaved(calls: dict, repeat: int, warm: bool = True) -> dict[str, float]:
+    """Median seconds of each call, the calls taking turns (so that a load change hits them alike)."""
+    if warm:
+        for call in calls.values():
+            call()
+    samples = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def roundtrips(sizes: list[int]) -> None:
+    with RedisServer() as redis_server, tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        url = redis_server.url
+        redis.Redis.from_url(url).config_set("client-output-buffer-limit", "pubsub 0 0 0")
+        env = worker_env(url, tmp, GPUFLEET_STATE_INTERVAL="5",
+                         PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "worker_image")]))  # fmt: skip
+        today_env = {
+            **env,
+            "GPUFLEET_QUEUES": "today",
+            "BENCH_TODAY_CODEC": "1",
+            "GPUFLEET_POD_NAME": "today-0",
+        }
+        binary = use_arrays(Celery("bench-binary", broker=url, backend=url))
+        plain = Celery("bench-plain", broker=url, backend=url)
+        rows = []
+        with (
+            Worker(env, tmp / "now.log", app="worker_bench_app:app"),
+            Worker(today_env, tmp / "today.log", app="worker_bench_app:app"),
+        ):
+            for nbytes in sizes:
+                array = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
+                lists = array.tolist()
+                repeat = 200 if nbytes < 1 << 20 else 20 if nbytes < 16 << 20 else 5
+
+                def today(a=array):
+                    out = binary.send_task("bench.echo", args=(a,), queue="today").get(timeout=TIMEOUT)
+                    assert out.nbytes == a.nbytes
+
+                def now_binary(a=array):
+                    out = binary.send_task("bench.echo", args=(a,), queue="gpu").get(timeout=TIMEOUT)
+                    assert out.nbytes == a.nbytes
+
+                def now_json(values=lists):
+                    out = plain.send_task("bench.echo", args=(values,), queue="gpu").get(timeout=TIMEOUT)
+                    assert len(out) == len(values)
+
+                if nbytes < 16 << 20:
+                    t = interleaved({"today": today, "binary": now_binary, "json": now_json}, repeat)
+                else:
+                    # JSON of a big array takes a minute or more each way: one sample, no warm-up.
+                    t = interleaved({"today": today, "binary": now_binary}, repeat)
+                    t |= interleaved({"json": now_json}, 1, warm=False)
+                rows.append((label(nbytes), t["today"], t["binary"], t["json"]))
+    print("producer to result, bench.echo of one float32 array, one solo worker, redis-server on loopback; "
+          "median seconds")  # fmt: skip
+    print(f"{'size':>8} {'today (s)':>10} {'binary (s)':>11} {'JSON (s)':>10} {'binary/today':>13} "
+          f"{'JSON/today':>11} {'JSON/binary':>12}")  # fmt: skip
+    for name, t_today, t_binary, t_json in rows:
+        print(f"{name:>8} {t_today:10.4f} {t_binary:11.4f} {t_json:10.4f} {t_binary / t_today:12.2f}x "
+              f"{t_json / t_today:10.2f}x {t_json / t_binary:11.1f}x")  # fmt: skip
+    print()
+
+
+def codec_speed(max_mb: int) -> None:
     sizes = [1 << 10]
-    while sizes[-1] < args.max_mb << 20:
+    while sizes[-1] < max_mb << 20:
         sizes.append(sizes[-1] * 4)
     limit = 2 * sizes[-1] + (1 << 20)
     print(f"{'size':>8} {'encode GB/s':>12} {'decode GB/s':>12} {'tobytes GB/s':>13} {'copy GB/s':>10} "
@@ -44,12 +139,24 @@ def main() -> None:
         decode = best_of(lambda: codec.loads(data, max_bytes=limit), repeat)  # noqa: B023
         tobytes = best_of(array.tobytes, repeat)
         copy = best_of(array.copy, repeat)
-        label = f"{nbytes >> 20} MB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KB"
         encode_gbs, decode_gbs, tobytes_gbs, copy_gbs = (
             nbytes / t / 1e9 for t in (encode, decode, tobytes, copy)
         )
-        print(f"{label:>8} {encode_gbs:12.2f} {decode_gbs:12.2f} {tobytes_gbs:13.2f} {copy_gbs:10.2f} "
+        print(f"{label(nbytes):>8} {encode_gbs:12.2f} {decode_gbs:12.2f} {tobytes_gbs:13.2f} {copy_gbs:10.2f} "
               f"{tobytes / encode:12.2f} {copy / decode:9.2f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mb", default="0.0009765625,1,64", help="round-trip array sizes, MiB")
+    parser.add_argument("--max-mb", type=int, default=256, help="largest array of the codec's own table")
+    parser.add_argument("--no-roundtrip", action="store_true")
+    parser.add_argument("--no-codec", action="store_true")
+    args = parser.parse_args()
+    if not args.no_roundtrip:
+        roundtrips([int(float(mb) * (1 << 20)) for mb in args.sizes_mb.split(",")])
+    if not args.no_codec:
+        codec_speed(args.max_mb)
 
 
 if __name__ == "__main__":

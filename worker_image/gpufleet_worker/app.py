@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from celery import Celery
 
-from . import codec, lifecycle, results
+from . import codec, lifecycle, results, transport
 from .settings import Settings, from_env
 
 
@@ -25,6 +25,8 @@ def configure(app: Celery, env: Mapping[str, str] | None = None) -> Settings:
     accept = ["json", codec.NAME]
     app.conf.update(
         broker_url=settings.broker_url,
+        # kombu's Redis transport, naming each delivery in this worker's state entry as it arrives.
+        broker_transport=transport.for_url(settings.broker_url),
         broker_use_ssl=settings.broker_use_ssl,
         broker_transport_options=settings.transport_options,
         broker_connection_retry_on_startup=True,

@@ -4,6 +4,8 @@ The entry is kept by a thread of the worker's main process, which reads Celery's
 (`celery.worker.state`): under the prefork pool tasks run in child processes, whose signals the main
 process never sees, but it does see every task accepted and finished. Reading that costs nothing, so the
 thread looks often and writes to Redis only when busy/active/done changed or the entry is due a refresh.
+A message that arrives is named at once by the main process, in the pipeline by which kombu records it as
+unacknowledged (transport.py, `receipt_entry`), so that costs no round trip of its own.
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def delivery_tag(request) -> str | None:
     return getattr(getattr(request, "message", None), "delivery_tag", None)
 
 
+_current: Keeper | None = None  # the running keeper of this process, if any
+
+
+def receipt_entry(tag, held: tuple = ()) -> tuple[str, str, str] | None:
+    """(key, field, value) of this worker's entry naming the message `tag` that has just arrived, beside
+    `held` (the deliveries the channel holds already); None where no state is published. The key has no
+    global_keyprefix: kombu's pipeline adds it."""
+    keeper = _current
+    if keeper is None or keeper.client is None:
+        return None
+    return keeper.entry_at_receipt(str(tag), held)
+
+
 class Keeper(threading.Thread):
     """Keeps the heartbeat file fresh and this worker's state entry current, from the main process."""
 
@@ -74,6 +89,15 @@ class Keeper(threading.Thread):
         self._healthy_since = 0.0
         self._written_at: float | None = None
         self._ttl = contract.STATE_TTL_INTERVALS * settings.state_interval
+        self._unprefixed_key = contract.workers_key("", settings.fleet)
+        # The thread's last view of busy and since it was so, read by entry_at_receipt in the main thread.
+        self._busy = False
+        self._since = time.time()
+
+    def start(self) -> None:
+        global _current
+        _current = self
+        super().start()
 
     def run(self) -> None:
         if self.client is not None:
@@ -84,17 +108,17 @@ class Keeper(threading.Thread):
             except redis.RedisError as exc:
                 logger.warning("gpufleet: cannot restore what %s held before a restart: %s", self.field, exc)
         last: Snapshot | None = None
-        since = time.time()
         due = 0.0
         while True:
             now = time.time()
             snap = snapshot(self._recent(now))
             if last is not None and snap.busy != last.busy:
-                since = now
+                self._since = now
+            self._busy = snap.busy
             if snap != last or now >= due:
                 heartbeat.refresh(self.settings.heartbeat_file)
                 if self.client is not None:
-                    self._publish(snap, since, now, sweep=now >= due)
+                    self._publish(snap, self._since, now, sweep=now >= due)
                 due = now + self.interval
                 last = snap
             self._wake.wait(LOOK_INTERVAL)
@@ -102,11 +126,32 @@ class Keeper(threading.Thread):
             if self._stop_event.is_set():
                 return
 
+    def entry_at_receipt(self, tag: str, held: tuple) -> tuple[str, str, str]:
+        """The entry naming `tag` as well, for the main process to write as the message arrives."""
+        now = time.time()
+        held = set(map(str, held))
+        with self._lock:
+            # Only what the channel still holds: in a burst, every tag of the last second would ride along.
+            self._received = {t: at for t, at in self._received.items() if t in held and now - at < 1.0}
+            self._received[tag] = now
+            recent = tuple(self._received)
+        snap = snapshot(recent)
+        tags = tuple(sorted(held.union(snap.tags)))
+        since = self._since if snap.busy == self._busy else now
+        state = contract.WorkerState.fresh(
+            snap.active, snap.done, since, now, self.settings.state_interval, tags
+        )
+        return self._unprefixed_key, self.field, state.to_json(self.hostname)
+
     def received(self, tag: str) -> None:
         """A message just arrived (task_received, in the main process): name it in the entry now, so a worker
-        killed a moment later does not leave it to the visibility timeout."""
+        killed a moment later does not leave it to the visibility timeout. One that the transport named as
+        it arrived (entry_at_receipt) needs nothing more."""
+        tag = str(tag)
         with self._lock:
-            self._received[str(tag)] = time.time()
+            if tag in self._received:
+                return
+            self._received[tag] = time.time()
         self._wake.set()
 
     def _recent(self, now: float) -> tuple[str, ...]:
@@ -158,6 +203,9 @@ class Keeper(threading.Thread):
 
     def stop(self) -> None:
         """End the thread and remove this worker's entry: a worker that shut down is neither busy nor idle."""
+        global _current
+        if _current is self:
+            _current = None
         self._stop_event.set()
         self._wake.set()
         self.join(timeout=10)
