@@ -10,7 +10,8 @@ worker, timed from the producer's send to its result in hand (median of several)
 - JSON: a plain Celery producer (Celery's defaults), the array sent as nested lists (`tolist()`), the result
   read as lists, against the same worker. Not counted: making the lists from the array beforehand. At 16 MB
   and more, one sample.
-The three paths take turns, so that a change of load on a shared machine hits them alike.
+Today's and binary take turns, so that a change of load on a shared machine hits them alike; JSON runs after
+them, on its own (with the three taking turns, the path after the JSON one read 1.2-1.3x slower at 1 KB).
 Redis' pubsub output buffer limit is lifted, so a result of 64 MB reaches its waiting producer at once.
 
 Codec: encode and decode GB/s beside `tobytes` and `copy`, in process. Ratios near 1 mean the codec adds
@@ -107,12 +108,10 @@ def roundtrips(sizes: list[int]) -> None:
                     out = plain.send_task("bench.echo", args=(values,), queue="gpu").get(timeout=TIMEOUT)
                     assert len(out) == len(values)
 
-                if nbytes < 16 << 20:
-                    t = interleaved({"today": today, "binary": now_binary, "json": now_json}, repeat)
-                else:
-                    # JSON of a big array takes a minute or more each way: one sample, no warm-up.
-                    t = interleaved({"today": today, "binary": now_binary}, repeat)
-                    t |= interleaved({"json": now_json}, 1, warm=False)
+                t = interleaved({"today": today, "binary": now_binary}, repeat)
+                # JSON of a big array takes a minute or more each way: one sample, no warm-up.
+                big = nbytes >= 16 << 20
+                t |= interleaved({"json": now_json}, 1 if big else repeat, warm=not big)
                 rows.append((label(nbytes), t["today"], t["binary"], t["json"]))
     print("producer to result, bench.echo of one float32 array, one solo worker, redis-server on loopback; "
           "median seconds")  # fmt: skip
