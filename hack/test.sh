@@ -28,8 +28,11 @@ if [[ "${1:-}" == "--builds" ]]; then
   build_step "$dir" "control plane binaries" hack/build-k8s.sh || exit
   build_step "$dir" "kind binaries" hack/build-k8s.sh --kind || exit
   [[ -n "${GPUFLEET_KIND_NODE_IMAGE:-}" ]] && exit 0
-  # The node image's last step imports it into the Docker engine, which the foreground starts.
+  # The node image's last step imports it into the Docker engine, which the foreground starts. Its debootstrap
+  # is installed here, waiting for dpkg's lock: the images phase (hack/base-images.sh) may be installing it too.
   while [[ ! -f $dir/docker.ready ]]; do sleep 1; done
+  command -v debootstrap >/dev/null ||
+    build_step "$dir" "debootstrap" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap || exit
   build_step "$dir" "kind node image" hack/kind-node-image.sh
   exit
 fi
