@@ -89,6 +89,9 @@ def against_plain_celery(url: str, tmp: Path, env: dict, rounds: int, n) -> None
             p50, rate = empty_tasks(make(), url, queues[name], n(300), n(1000))
             figures[name][0].append(p50)
             figures[name][1].append(rate)
+            print(
+                f"  round {len(figures[name][0])}: {name}: p50 {p50:.2f} ms, {rate:.0f} tasks/s", flush=True
+            )
     median = {name: (statistics.median(p), statistics.median(r)) for name, (p, r) in figures.items()}
     ours_p50, ours_rate = median["gpufleet"]
     print(f"empty task, one solo worker each, {n(1000)} tasks per burst, {n(300)} round trips one at a time, "
