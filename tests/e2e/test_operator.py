@@ -47,6 +47,7 @@ INVALID = [
 ]
 
 
+@pytest.mark.apiserver
 @pytest.mark.parametrize(("case", "change", "field"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_queues_are_refused_at_apply(kubectl, crd, case, change, field):
     spec = {"broker": {"url": "redis://r:6379/0"}, "queues": ["q"], "worker": {"image": "w"}}

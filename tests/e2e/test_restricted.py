@@ -47,6 +47,7 @@ def test_worker_pods_are_admitted_in_a_restricted_namespace(
     assert not [e for e in kubectl.events("strict") if e["type"] == "Warning"]
 
 
+@pytest.mark.apiserver
 def test_a_users_own_security_settings_are_admitted_too(kubectl, namespace):
     restrict(kubectl, namespace)
     spec = parse_spec({"broker": {"url": "redis://r:6379/0"}, "queues": ["q"],
@@ -59,6 +60,7 @@ def test_a_users_own_security_settings_are_admitted_too(kubectl, namespace):
     assert refused and 'violates PodSecurity "restricted' in refused and "allowPrivilegeEscalation" in refused
 
 
+@pytest.mark.apiserver
 def test_the_charts_pods_are_admitted_in_a_restricted_namespace(cluster, kubectl, namespace):
     restrict(kubectl, namespace)
     version = json.loads(kubectl.run("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]

@@ -115,6 +115,7 @@ INVALID = [
 ]
 
 
+@pytest.mark.apiserver
 @pytest.mark.parametrize(("case", "broker", "words"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_sentinel_brokers_are_refused_at_apply(kubectl, case, broker, words):
     body = {"apiVersion": "gpufleet.dev/v1alpha1", "kind": "GpuTaskQueue", "metadata": {"name": "invalid"},
