@@ -43,12 +43,15 @@ def burst(app: Celery, baskets: list, timeout: float) -> list[int]:
     return [result.get(timeout=timeout) for result in pending]
 
 
-def fan_out(app: Celery, baskets: list, timeout: float) -> tuple[list[int], dict]:
+def fan_out(app: Celery, baskets: list, timeout: float) -> tuple[list[int], list[int], dict]:
     """A group (fan-out, the totals read here), then a chord (fan-out, and the fan-in on a worker)."""
     totals = group(app.signature("shop.total", args=b) for b in baskets).apply_async().get(timeout=timeout)
     header = [app.signature("shop.total", args=b) for b in baskets]
-    summary = chord(header)(app.signature("shop.grand_total")).get(timeout=timeout)
-    return totals, summary
+    joined = chord(header)(app.signature("shop.grand_total"))
+    summary = joined.get(timeout=timeout)
+    # The chord's own parts too: Celery keeps waiting on a result nobody read, up to the producer's exit.
+    parts = joined.parent.get(timeout=timeout)
+    return totals, parts, summary
 
 
 def main() -> None:
@@ -65,7 +68,7 @@ def main() -> None:
     baskets = [random_basket(rng) for _ in range(args.fan_out or args.burst)]
     out: dict = {"baskets": baskets}
     if args.fan_out:
-        out["totals"], out["summary"] = fan_out(app, baskets, args.timeout)
+        out["totals"], out["chord_totals"], out["summary"] = fan_out(app, baskets, args.timeout)
     else:
         out["totals"] = burst(app, baskets, args.timeout)
     if args.json:
