@@ -48,7 +48,7 @@ record() { NAMES+=("$1"); SECS+=("$2"); STATES+=("$3"); }
 table() {
   local i total=$((SECONDS - TOTAL_START))
   # The background steps that finished, with their own times (they overlapped the phases above them).
-  for name in "control plane binaries" "kind binaries" "kind node image"; do
+  for name in "control plane binaries" "kind binaries" "kind node image" "pytest: chaos"; do
     if [[ -f "$RUN/$name.rc" ]]; then
       local state="background"
       [[ $(<"$RUN/$name.rc") == 0 ]] || state="background, FAILED (exit $(<"$RUN/$name.rc"))"
@@ -63,6 +63,7 @@ table() {
 }
 
 finish() {
+  [[ -z $CHAOS_PID ]] || { kill -- -"$CHAOS_PID" 2>/dev/null; wait "$CHAOS_PID" 2>/dev/null; }
   if [[ -n $BUILDS_PID ]] && kill -0 "$BUILDS_PID" 2>/dev/null; then
     # Its own process group (setsid): the Go builds under it stop with it.
     kill -- -"$BUILDS_PID" 2>/dev/null
@@ -118,6 +119,25 @@ start_builds() {
 docker_engine() { hack/docker-engine.sh start && touch "$RUN/docker.ready"; }
 
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider --durations=25)
+# The local e2e suite: each xdist worker starts a control plane of its own for its session, and gets whole files
+# (a file's module fixtures are made once). Its tests wait on pods, workers and ticks far more than on the CPU.
+CLUSTER_WORKERS="${GPUFLEET_CLUSTER_WORKERS:-2}"
+
+# The fault suite runs on a control plane of its own (tests/e2e/test_faults.py), so it runs beside the local e2e
+# suite; its output (the figures of each fault) is shown whole once it ends.
+CHAOS_PID=""
+start_chaos() {
+  setsid bash -c '"$@"; rc=$?; echo $SECONDS >"$0/pytest: chaos.secs"; echo $rc >"$0/pytest: chaos.rc"; exit $rc' "$RUN" \
+    "${PYTEST[@]}" -m chaos -rA -s tests/e2e/test_faults.py </dev/null >"$RUN/chaos.log" 2>&1 &
+  CHAOS_PID=$!
+}
+chaos_result() {
+  wait "$CHAOS_PID"
+  local rc=$?
+  CHAOS_PID=""
+  cat "$RUN/chaos.log"
+  return "$rc"
+}
 # The tests that need no cluster wait mostly on real workers and Redis, not on the CPU: four at a time.
 NO_CLUSTER_WORKERS="${GPUFLEET_TEST_WORKERS:-4}"
 
@@ -129,8 +149,10 @@ phase "images" hack/images.sh
 phase "pytest: no cluster (-n $NO_CLUSTER_WORKERS)" "${PYTEST[@]}" -n "$NO_CLUSTER_WORKERS" \
   -m "not cluster and not binaries and not chaos"
 phase "wait: control plane binaries" wait_build "control plane binaries"
-phase "pytest: local control plane, helm" "${PYTEST[@]}" -m "(cluster or binaries) and not chaos"
-phase "pytest: chaos" "${PYTEST[@]}" -m chaos -rA -s tests/e2e/test_faults.py
+phase "pytest: chaos, started beside the next" start_chaos
+phase "pytest: local control plane, helm (-n $CLUSTER_WORKERS)" "${PYTEST[@]}" -n "$CLUSTER_WORKERS" --dist loadfile \
+  -m "(cluster or binaries) and not chaos"
+phase "wait: chaos" chaos_result
 phase "wait: kind binaries" wait_build "kind binaries"
 if [[ -z "${GPUFLEET_KIND_NODE_IMAGE:-}" ]]; then phase "wait: kind node image" wait_build "kind node image"; fi
 phase "pytest: kind" env GPUFLEET_E2E_PROVIDER=kind "${PYTEST[@]}" -m cluster -rA tests/e2e
