@@ -95,11 +95,10 @@ class Keeper(threading.Thread):
         self._since = time.time()
 
     def start(self) -> None:
+        """Restores what this pod's previous container held, then starts naming deliveries: in this order, before
+        the consumer takes its first message (worker_ready), so that this worker's own first deliveries, named
+        in this same entry as they arrive, are never taken for its predecessor's and put back."""
         global _current
-        _current = self
-        super().start()
-
-    def run(self) -> None:
         if self.client is not None:
             # This pod's previous container (OOM-killed, crashed) may have died holding messages: nobody else
             # will restore them, as this entry is about to be written fresh.
@@ -107,6 +106,10 @@ class Keeper(threading.Thread):
                 self._restore(self.field, stale_before=None)
             except redis.RedisError as exc:
                 logger.warning("gpufleet: cannot restore what %s held before a restart: %s", self.field, exc)
+        _current = self
+        super().start()
+
+    def run(self) -> None:
         last: Snapshot | None = None
         due = 0.0
         while True:
