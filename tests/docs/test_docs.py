@@ -46,7 +46,7 @@ def test_simulated_comparison_table_is_fresh():
 
 def test_every_metric_is_documented_with_its_labels():
     table = _between((ROOT / "docs" / "operations.md").read_text(), "metrics")
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| \w+ \| ([^|]*) \|", table, re.M)}
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| \w+ \|([^|]*)\|", table, re.M)}
     found = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
     assert found
     for metric in found:
