@@ -5,6 +5,9 @@ its GpuTaskQueue is applied as the example writes it, with this cluster's broker
 example's CPU trial). Its producer runs as a user runs it: plain Celery with Celery's defaults, on this machine
 through a NodePort to the chart's Redis, in an interpreter where neither gpufleet nor msgpack can be imported,
 so every result it reads came back as JSON. Each test checks every result and watches the fleet return to zero.
+
+The chart is installed with the shop's image as `workerImage`; the NOTES' first queue, the pod that sends it a
+task, and the command that shows its result then run as the NOTES print them.
 """
 
 from __future__ import annotations
