@@ -2,6 +2,8 @@
 
 BENCH_TODAY_CODEC=1 gives it the result path gpufleet had before results followed their request's format
 (every result in gpufleet-msgpack, Celery's own Redis backend): the baseline of benchmarks/worker_codec.py.
+BENCH_STATE_THREAD=1 gives it kombu's own transport, so each delivery is named by waking the state thread for
+a write of its own, as before 2026-12-06: the baseline of benchmarks/worker_fleet.py --before.
 """
 
 import os
