@@ -523,3 +523,20 @@ def test_notes_copy_the_bundled_password_into_a_watched_namespace(helm, notes_ch
     notes, queue = notes_queue(helm, notes_chart, "redis.yaml", "namespaced.yaml")
     assert queue["spec"]["broker"]["passwordSecretRef"] == {"name": f"{FULLNAME}-redis", "key": "password"}
     assert f"kubectl -n team-a create secret generic {FULLNAME}-redis" in notes
+
+
+@pytest.mark.parametrize(("image", "gpus"), [("reg.example/gpufleet-worker:0.1.0-cpu", 0), ("", 1),
+                                             ("reg.example/gpufleet-worker:0.1.0-cuda", 1)])  # fmt: skip
+def test_notes_first_queue_takes_celerys_default_queue_and_gpus_by_image(helm, notes_chart, image, gpus):
+    notes, queue = notes_queue(
+        helm, notes_chart, "redis.yaml", sets=(f"workerImage={image}",) if image else ()
+    )
+    assert queue["spec"]["queues"] == ["celery"]  # where a Celery app sends unless told otherwise
+    assert queue["spec"]["worker"]["gpus"] == gpus
+    # The first task: a pod of plain Celery, restricted, and the one command that prints its result.
+    start = notes.index("<<'YAML'\n", notes.index("Send it a first task")) + len("<<'YAML'\n")
+    pod = yaml.safe_load(textwrap.dedent(notes[start : notes.index("  YAML\n", start)]))
+    assert pod["kind"] == "Pod" and pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert 'send_task("gpufleet.matmul"' in pod["spec"]["containers"][0]["args"][2]
+    assert f"kubectl -n {NAMESPACE} logs first-task" in notes
