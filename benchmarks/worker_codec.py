@@ -10,8 +10,10 @@ worker, timed from the producer's send to its result in hand (median of several)
 - JSON: a plain Celery producer (Celery's defaults), the array sent as nested lists (`tolist()`), the result
   read as lists, against the same worker. Not counted: making the lists from the array beforehand. At 16 MB
   and more, one sample.
-Today's and binary take turns, so that a change of load on a shared machine hits them alike; JSON runs after
-them, on its own (with the three taking turns, the path after the JSON one read 1.2-1.3x slower at 1 KB).
+Today's and binary take turns, each going first as often, so that a change of load on a shared machine hits
+them alike; JSON runs after them, on its own (with the three taking turns, the path after the JSON one read
+1.2-1.3x slower at 1 KB). Beside the wall time, each worker process's CPU time per call: on a shared machine the
+wall time of a 64 MB round trip moved by a third between runs, the CPU time much less.
 Redis' pubsub output buffer limit is lifted, so a result of 64 MB reaches its waiting producer at once.
 
 Codec: encode and decode GB/s beside `tobytes` and `copy`, in process. Ratios near 1 mean the codec adds
@@ -21,6 +23,7 @@ little beyond the copy it must make.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -74,6 +77,27 @@ def interleaved(calls: dict, repeat: int, warm: bool = True) -> dict[str, float]
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+@contextlib.contextmanager
+def worker_cpu(worker: Worker, samples: list[float]):
+    """Appends the worker process's CPU seconds (user and system, Linux /proc) spent during the block."""
+
+    def seconds() -> float:
+        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    start = seconds()
+    yield
+    samples.append(seconds() - start)
+
+
+def roundtrip(producer: Celery, queue: str, value):
+    result = producer.send_task("bench.echo", args=(value,), queue=queue)
+    out = result.get(timeout=TIMEOUT)
+    # Redis keeps results for an hour: without this, dozens of 64 MB results pile up in its memory.
+    result.forget()
+    return out
+
+
 def roundtrips(sizes: list[int]) -> None:
     with RedisServer() as redis_server, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -91,38 +115,45 @@ def roundtrips(sizes: list[int]) -> None:
         plain = Celery("bench-plain", broker=url, backend=url)
         rows = []
         with (
-            Worker(env, tmp / "now.log", app="worker_bench_app:app"),
-            Worker(today_env, tmp / "today.log", app="worker_bench_app:app"),
+            Worker(env, tmp / "now.log", app="worker_bench_app:app") as now_worker,
+            Worker(today_env, tmp / "today.log", app="worker_bench_app:app") as today_worker,
         ):
             for nbytes in sizes:
                 array = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
                 lists = array.tolist()
                 repeat = 200 if nbytes < 1 << 20 else 20 if nbytes < 16 << 20 else 6
 
-                def today(a=array):
-                    out = binary.send_task("bench.echo", args=(a,), queue="today").get(timeout=TIMEOUT)
-                    assert out.nbytes == a.nbytes
+                cpu = {"today": [], "binary": [], "json": []}
 
-                def now_binary(a=array):
-                    out = binary.send_task("bench.echo", args=(a,), queue="gpu").get(timeout=TIMEOUT)
-                    assert out.nbytes == a.nbytes
+                def today(a=array, cpu=cpu):
+                    with worker_cpu(today_worker, cpu["today"]):
+                        assert roundtrip(binary, "today", a).nbytes == a.nbytes
 
-                def now_json(values=lists):
-                    out = plain.send_task("bench.echo", args=(values,), queue="gpu").get(timeout=TIMEOUT)
-                    assert len(out) == len(values)
+                def now_binary(a=array, cpu=cpu):
+                    with worker_cpu(now_worker, cpu["binary"]):
+                        assert roundtrip(binary, "gpu", a).nbytes == a.nbytes
+
+                def now_json(values=lists, cpu=cpu):
+                    with worker_cpu(now_worker, cpu["json"]):
+                        assert len(roundtrip(plain, "gpu", values)) == len(values)
 
                 t = interleaved({"today": today, "binary": now_binary}, repeat)
                 # JSON of a big array takes a minute or more each way: one sample, no warm-up.
                 big = nbytes >= 16 << 20
                 t |= interleaved({"json": now_json}, 1 if big else repeat, warm=not big)
-                rows.append((label(nbytes), t["today"], t["binary"], t["json"]))
+                # /proc counts in clock ticks (10 ms): a mean over all calls, where a median would read 0.
+                c = {path: sum(samples) / max(1, len(samples)) for path, samples in cpu.items()}
+                rows.append((label(nbytes), t["today"], t["binary"], t["json"], c["today"], c["binary"]))
     print("producer to result, bench.echo of one float32 array, one solo worker, redis-server on loopback; "
           "median seconds")  # fmt: skip
     print(f"{'size':>8} {'today (s)':>10} {'binary (s)':>11} {'JSON (s)':>10} {'binary/today':>13} "
-          f"{'JSON/today':>11} {'JSON/binary':>12}")  # fmt: skip
-    for name, t_today, t_binary, t_json in rows:
+          f"{'JSON/today':>11} {'JSON/binary':>12} {'worker CPU today (s)':>21} {'binary (s)':>11}")  # fmt: skip
+    for name, t_today, t_binary, t_json, c_today, c_binary in rows:
         print(f"{name:>8} {t_today:10.4f} {t_binary:11.4f} {t_json:10.4f} {t_binary / t_today:12.2f}x "
-              f"{t_json / t_today:10.2f}x {t_json / t_binary:11.1f}x")  # fmt: skip
+              f"{t_json / t_today:10.2f}x {t_json / t_binary:11.1f}x {c_today:21.4f} {c_binary:11.4f}")  # fmt: skip
+    print(
+        "worker CPU: the worker process's CPU time per call (mean), steadier than wall time on a shared machine"
+    )
     print()
 
 
