@@ -32,10 +32,11 @@ lint:
 	.venv/bin/hadolint worker_image/Dockerfile $(wildcard operator/Dockerfile) $(wildcard tests/e2e/images/*.Dockerfile)
 
 # Every test that needs neither a cluster, nor a Go-built binary, nor a container engine, nor the package index:
-# no Go build, no Docker; four at a time (most of them wait on real workers and Redis, not on the CPU).
+# no Go build, no Docker; four at a time (most of them wait on real workers and Redis, not on the CPU), handed
+# out one by one, the slow ones first (tests/conftest.py), so that the four end together.
 unit:
 	GPUFLEET_SKIP_K8S_BUILD=1 GPUFLEET_SKIP_DOCKER=1 hack/bootstrap.sh
-	.venv/bin/python -m pytest -p no:cacheprovider -n 4 -m "not cluster and not binaries and not images and not kind and not network"
+	.venv/bin/python -m pytest -p no:cacheprovider -n 4 --maxschedchunk 1 -m "not cluster and not binaries and not images and not kind and not network"
 
 e2e: bootstrap
 	.venv/bin/python -m pytest -p no:cacheprovider -m "cluster and not chaos"

@@ -138,7 +138,8 @@ chaos_result() {
   cat "$RUN/chaos.log"
   return "$rc"
 }
-# The tests that need no cluster wait mostly on real workers and Redis, not on the CPU: four at a time.
+# The tests that need no cluster wait mostly on real workers and Redis, not on the CPU: four at a time, handed out
+# one by one, the slow ones first (tests/conftest.py), so that the four end together.
 NO_CLUSTER_WORKERS="${GPUFLEET_TEST_WORKERS:-4}"
 
 start_builds
@@ -146,7 +147,7 @@ phase "bootstrap: redis-server, .venv" env GPUFLEET_SKIP_K8S_BUILD=1 GPUFLEET_SK
 phase "bootstrap: Docker engine" docker_engine
 phase "lint" make --no-print-directory lint
 phase "images" hack/images.sh
-phase "pytest: no cluster (-n $NO_CLUSTER_WORKERS)" "${PYTEST[@]}" -n "$NO_CLUSTER_WORKERS" \
+phase "pytest: no cluster (-n $NO_CLUSTER_WORKERS)" "${PYTEST[@]}" -n "$NO_CLUSTER_WORKERS" --maxschedchunk 1 \
   -m "not cluster and not binaries and not chaos"
 phase "wait: control plane binaries" wait_build "control plane binaries"
 phase "pytest: chaos, started beside the next" start_chaos

@@ -43,6 +43,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "helm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.binaries)
+    # Slow tests first (a stable sort): under xdist they start at once and the quick ones fill in around them,
+    # rather than the last worker running them one after another at the end.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     # Only probe CUDA when a GPU test was collected: the probe initialises the driver in this process.
     if gpu_items and not _cuda_available():

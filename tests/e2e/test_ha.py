@@ -20,7 +20,7 @@ from kubernetes import client, watch
 
 from fleet import Operator, Tasks, queue_manifest, wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 LEASE = "gpufleet-ha"
 DURATION, RETRY = 15.0, 2.0  # leader.Timing's defaults

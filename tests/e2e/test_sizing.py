@@ -10,7 +10,8 @@ import pytest
 
 from fleet import Tasks, queue_manifest, wait_for
 
-pytestmark = pytest.mark.cluster
+# slow: the arrival rate is measured once the meter has watched half its 5-minute window (started first under xdist)
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def test_the_wait_target_sizes_by_the_measured_arrival_rate_service_time_and_start_up(
