@@ -4,8 +4,10 @@
 bootstrap:
 	hack/bootstrap.sh
 
-# A local control plane with simulated GPU nodes, the operator, Redis and a burst of real tasks.
-demo: bootstrap
+# A local control plane with simulated GPU nodes, the operator, Redis and a burst of real tasks. It needs no
+# Docker engine, so it installs none.
+demo:
+	GPUFLEET_SKIP_DOCKER=1 hack/bootstrap.sh
 	.venv/bin/gpufleet demo
 
 # Everything CI runs: lint, the images, the tests that need no cluster (four at a time: unit and integration
@@ -29,7 +31,7 @@ gpu-check:
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/hadolint worker_image/Dockerfile $(wildcard operator/Dockerfile) $(wildcard tests/e2e/images/*.Dockerfile)
+	.venv/bin/hadolint worker_image/Dockerfile $(wildcard operator/Dockerfile) $(wildcard tests/e2e/images/*.Dockerfile) $(wildcard examples/*/Dockerfile)
 
 # Every test that needs neither a cluster, nor a Go-built binary, nor a container engine, nor the package index:
 # no Go build, no Docker; four at a time (most of them wait on real workers and Redis, not on the CPU), handed

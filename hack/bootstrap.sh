@@ -13,10 +13,12 @@ if ! command -v redis-server >/dev/null; then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-fi
-# The package starts a system-wide server on 6379; the tests start their own on free ports and need none.
-if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
-  systemctl stop redis-server || true
+  # The package starts a system-wide server on 6379 that nobody here asked for: the demo and the tests start
+  # their own on free ports. Stop the one this install started; a redis-server that was there before is left
+  # alone.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+    $SUDO systemctl stop redis-server || true
+  fi
 fi
 
 PY="${PYTHON:-python3}"
@@ -33,6 +35,10 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
 fi
 
 if [[ "${GPUFLEET_SKIP_K8S_BUILD:-}" != "1" ]]; then
+  if [[ ! -x "$(hack/build-k8s.sh --print)/kube-apiserver" ]]; then
+    say "first run: building the Kubernetes control plane from Go modules, once (about 10 minutes on 2 cores;"
+    say "about 10 GB in Go's module and build caches and ~/.cache/gpufleet). Later runs find it built."
+  fi
   hack/build-k8s.sh >/dev/null
 fi
 
