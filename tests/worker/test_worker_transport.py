@@ -39,6 +39,8 @@ def test_a_delivery_is_named_as_it_arrives(redis_url, keeper, prefix):
         entry = json.loads(raw)
         # The second arrival names both: the first is still held (not acked).
         assert set(entry["tags"]) == {first.delivery_tag, second.delivery_tag}
+        # Held is running (prefetch 1): both count from their arrival, before Celery's bookkeeping has them.
+        assert entry["busy"] is True and entry["active"] == 2
         assert entry["hostname"] == "matrix-0@gpufleet" and entry["expires"] > entry["since"]
         assert contract.WorkerState.from_json(raw) is not None
         first.ack()

@@ -140,10 +140,12 @@ class Keeper(threading.Thread):
             recent = tuple(self._received)
         snap = snapshot(recent)
         tags = tuple(sorted(held.union(snap.tags)))
-        since = self._since if snap.busy == self._busy else now
-        state = contract.WorkerState.fresh(
-            snap.active, snap.done, since, now, self.settings.state_interval, tags
-        )
+        # What the worker holds, it runs: prefetch 1 hands each slot one message at a time, and a message that has
+        # just arrived starts at once. Counted as running from its arrival, or a stream of tasks would read as idle
+        # (and the operator's measured service time as shorter) until the state thread's next look.
+        active = max(snap.active, len(tags))
+        since = self._since if (active > 0) == self._busy else now
+        state = contract.WorkerState.fresh(active, snap.done, since, now, self.settings.state_interval, tags)
         return self._unprefixed_key, self.field, state.to_json(self.hostname)
 
     def received(self, tag: str) -> None:
