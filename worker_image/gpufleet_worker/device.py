@@ -1,7 +1,8 @@
 """The compute device of one worker process: CuPy on a CUDA device when there is one, NumPy otherwise.
 
 `init()` runs in `worker_process_init` (in the pool's child, or in the main process for the solo pool), so
-no CUDA context exists before a fork. Prefork process i of a pod with n GPUs uses device i mod n.
+no CUDA context exists before a fork. Prefork process i of a pod with n GPUs uses device i mod n, among the
+devices the pod was given (allocation.py: a device plugin's, a DRA driver's, CDI's).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
-from . import codec
+from . import allocation, codec
 from .errors import DeviceError
 from .settings import Settings, from_env
 
@@ -125,7 +126,18 @@ def _driver_missing() -> str | None:
     return None
 
 
+def _device_nodes() -> list[str]:
+    try:
+        return os.listdir("/dev")
+    except OSError:
+        return []
+
+
 def _cupy_device(settings: Settings, process_index: int) -> Device:
+    given = allocation.allocated(os.environ, _device_nodes())
+    pinned = allocation.cuda_visible_devices(os.environ, given)
+    if pinned is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = pinned  # read once, when CUDA starts in this process: not yet
     try:
         import cupy
     except ImportError as exc:
@@ -136,16 +148,19 @@ def _cupy_device(settings: Settings, process_index: int) -> Device:
         raise DeviceError(_driver_missing() or f"no CUDA device is usable: {exc}") from None
     if count == 0:
         raise DeviceError("no CUDA device is visible")
-    index = process_index % count
+    index, device_name = allocation.placement(process_index, count, given)
     cupy.cuda.Device(index).use()
     if settings.gpu_memory_limit:
         cupy.get_default_memory_pool().set_limit(**_memory_limit(settings.gpu_memory_limit))
     props = cupy.cuda.runtime.getDeviceProperties(index)
-    name = f"cuda:{index} ({props['name'].decode(errors='replace')})"
+    product = props["name"].decode(errors="replace")
+    name = f"cuda:{index} ({product}, {device_name})" if device_name else f"cuda:{index} ({product})"
     codec.set_host_allocator(_host_empty)
     logger.info(
-        "gpufleet device: %s, CuPy %s, memory limit %s", name, cupy.__version__, settings.gpu_memory_limit
-    )
+        "gpufleet device: %s, CuPy %s, memory limit %s; given: %s",
+        name, cupy.__version__, settings.gpu_memory_limit,
+        f"{', '.join(given.devices)} ({given.source})" if given else "every GPU CUDA sees",
+    )  # fmt: skip
     return Device(xp=cupy, name=name, _cupy=cupy)
 
 
