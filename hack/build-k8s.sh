@@ -10,16 +10,19 @@
 #   hack/build-k8s.sh --env              print the versions and both bin directories as shell assignments
 set -euo pipefail
 
-K8S_VERSION="${GPUFLEET_K8S_VERSION:-v1.33.13}"
+# Kubernetes 1.35: Dynamic Resource Allocation (resource.k8s.io/v1) is GA and on by default from 1.34. The Go proxy
+# here serves v1.35.4 as the one 1.35 release of k8s.io/kubernetes (its staging modules at v0.35.4).
+K8S_VERSION="${GPUFLEET_K8S_VERSION:-v1.35.4}"
 ETCD_VERSION="${GPUFLEET_ETCD_VERSION:-v3.5.21}"   # >= 3.5.13: the apiserver's consistent reads from cache need it
 KWOK_VERSION="${GPUFLEET_KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${GPUFLEET_HELM_VERSION:-v3.19.0}"
 KIND_VERSION="${GPUFLEET_KIND_VERSION:-v0.33.0}"
-CRICTL_VERSION="${GPUFLEET_CRICTL_VERSION:-v1.34.0}"   # a CRI v1 client (the Go proxy here serves no v1.33.x)
-# What kubeadm $K8S_VERSION deploys (`kubeadm config images list`): registry.k8s.io/etcd:3.5.24-0 and
-# registry.k8s.io/coredns/coredns:v1.12.0. hack/kind-node-image.sh checks them against that list.
-NODE_ETCD_VERSION="${GPUFLEET_NODE_ETCD_VERSION:-v3.5.24}"
-COREDNS_VERSION="${GPUFLEET_COREDNS_VERSION:-v1.12.0}"
+CRICTL_VERSION="${GPUFLEET_CRICTL_VERSION:-v1.34.0}"   # a CRI v1 client (the Go proxy here serves no v1.35.x)
+# What kubeadm $K8S_VERSION deploys (`kubeadm config images list`): registry.k8s.io/etcd:3.6.6-0,
+# registry.k8s.io/coredns/coredns:v1.13.1 and registry.k8s.io/pause:3.10.1. hack/kind-node-image.sh checks them
+# against that list.
+NODE_ETCD_VERSION="${GPUFLEET_NODE_ETCD_VERSION:-v3.6.6}"
+COREDNS_VERSION="${GPUFLEET_COREDNS_VERSION:-v1.13.1}"
 
 CACHE="${GPUFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpufleet}"
 BIN="$CACHE/k8s/$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION/bin"

@@ -25,7 +25,7 @@ mkdir -p "$OUT"
   echo "    # The operator pod meets the restricted Pod Security Standard; nothing else runs here."
   echo "    pod-security.kubernetes.io/enforce: restricted"
   # --kube-version: the chart's oldest supported version, so the output does not depend on how helm was built.
-  "$HELM" template gpufleet charts/gpufleet --namespace "$NAMESPACE" --kube-version 1.28.0 --skip-tests
+  "$HELM" template gpufleet charts/gpufleet --namespace "$NAMESPACE" --kube-version 1.34.0 --skip-tests
 } > "$OUT/gpufleet.yaml"
 
 # Named `Kustomization`, not kustomization.yaml: `kubectl apply -f manifests/` reads every *.yaml of the folder

@@ -14,7 +14,7 @@ CHART = ROOT / "charts" / "gpufleet"
 VALUES = Path(__file__).resolve().parent / "values"
 RELEASE, NAMESPACE = "rel", "fleet-system"
 # helm built without its version ldflags assumes Kubernetes 1.20, older than the chart's kubeVersion.
-KUBE_VERSION = "1.33.0"
+KUBE_VERSION = "1.35.4"
 QUEUE_API = "gpufleet.dev/v1alpha1/GpuTaskQueue"
 
 

@@ -84,7 +84,7 @@ def test_lint_is_clean(helm):
         ["no-crd.yaml"],
         ["ha.yaml"],
     ):
-        args = ["lint", "--strict", "--kube-version", "1.33.0", str(CHART)]
+        args = ["lint", "--strict", "--kube-version", "1.35.4", str(CHART)]
         for name in values:
             args += ["-f", str(CHART.parents[1] / "tests" / "chart" / "values" / name)]
         done = helm.run(*args, check=False)

@@ -138,7 +138,7 @@ def test_server_reports_the_pinned_release(cluster):
             f"the pinned release is the local control plane's; a {cluster.provider} cluster runs its own"
         )
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
-    assert version["serverVersion"]["gitVersion"] == os.environ.get("GPUFLEET_K8S_VERSION", "v1.33.13")
+    assert version["serverVersion"]["gitVersion"] == os.environ.get("GPUFLEET_K8S_VERSION", "v1.35.4")
 
 
 def test_helm_reaches_the_cluster(cluster):
