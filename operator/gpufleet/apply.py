@@ -38,6 +38,8 @@ def apply(
         cache.pod_written(snap.namespace, snap.name, pod, deletion_cost=cost, **known)
     if plan.deployment is not None:
         try:
+            if plan.claim_template is not None:
+                kube.apply(plan.claim_template)
             if plan.pdb is not None:
                 kube.apply(plan.pdb)
             cache.deployment_event("MODIFIED", kube.apply(plan.deployment))

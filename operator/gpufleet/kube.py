@@ -87,6 +87,7 @@ class Kube:
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.policy = kubernetes.client.PolicyV1Api(self.client)
+        self.resource = kubernetes.client.ResourceV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class Kube:
         patch = {
             "Deployment": self.apps.patch_namespaced_deployment,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+            "ResourceClaimTemplate": self.resource.patch_namespaced_resource_claim_template,
         }[body["kind"]]
         try:
             return self.client.sanitize_for_serialization(

@@ -18,7 +18,7 @@ from gpufleet import status as st
 from gpufleet.budget import Claim, Share, divide
 from gpufleet.model import KARPENTER_MANAGED_COST, Observation, Pod, Snapshot
 from gpufleet.policy import Decision, History, decide, demand, seeded
-from gpufleet.resources import busy_pdb, deployment, deployment_name
+from gpufleet.resources import busy_pdb, claim_template, deployment, deployment_name
 from gpufleet.scalein import changed_annotations, deletion_costs, idle_pods
 from gpufleet.spec import QueueSpec
 from gpufleet.throughput import Meter, measure, resumed
@@ -98,6 +98,8 @@ class Plan:
     gauges: Gauges | None  # None: the metrics keep their values (a fleet at rest)
     state: FleetState  # what the fleet carries into the next tick once this plan is written
     pdb: dict[str, Any] | None = None  # the busy workers' PodDisruptionBudget, applied with the Deployment
+    # The ResourceClaimTemplate of a claim-based fleet, applied before the Deployment whose pods claim from it.
+    claim_template: dict[str, Any] | None = None
     protect: Mapping[str, bool] = field(default_factory=dict)  # pod -> protect (busy) or release (idle)
     # Workers whose messages go back to their queues: (pod, only if its entry is still expired).
     restore: tuple[tuple[str, bool], ...] = ()
@@ -105,7 +107,7 @@ class Plan:
     @property
     def writes(self) -> bool:
         """Whether applying it sends anything to the API or the broker."""
-        return bool(self.deployment or self.pdb or self.status or self.events or self.protect or self.annotations
+        return bool(self.deployment or self.pdb or self.claim_template or self.status or self.events or self.protect or self.annotations
                     or self.restore)  # fmt: skip
 
 
@@ -189,7 +191,7 @@ def next_poll(now: float, poll: float, uid: str) -> float:
 
 def _claim(key: Key, spec: QueueSpec, pods: int) -> Claim:
     s = spec.scaling
-    return Claim(key, spec.worker.gpus, s.min_replicas, pods, s.priority, s.weight)
+    return Claim(key, spec.worker.gpus_per_pod, s.min_replicas, pods, s.priority, s.weight)
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     current = snap.deployment.replicas if snap.deployment else None
 
     rejected = state.rejected if state.rejected and state.rejected[0] == snap.generation else None
-    body, pdb, annotations, scale_event = None, None, {}, None
+    body, pdb, template, annotations, scale_event = None, None, None, {}, None
     if spec is not None and rejected is None:
         replicas = (
             decision.replicas if decision else current if current is not None else spec.scaling.min_replicas
@@ -271,6 +273,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
             # It names no replica count: applied with a new Deployment or spec, not one more write (ahead of the
             # Deployment's) at every scale.
             pdb = busy_pdb(namespace=snap.namespace, name=snap.name, uid=snap.uid)
+            template = claim_template(spec, namespace=snap.namespace, name=snap.name, uid=snap.uid)
         if decision and current is not None and decision.replicas != current:
             up = decision.replicas > current
             scale_event = Event("Normal", "ScaledUp" if up else "ScaledDown", decision.reason)
@@ -286,7 +289,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     throughput = state.meter.rate if spec and spec.scaling.drain_within_seconds else None
     status = st.body(
         generation=snap.generation, conditions=rendered, deployment=deployment_name(snap.name),
-        replicas=snap.deployment, gpus_per_pod=spec.worker.gpus if spec else 0, reading=snap.reading,
+        replicas=snap.deployment, gpus_per_pod=spec.worker.gpus_per_pod if spec else 0, reading=snap.reading,
         pods=snap.pods, throughput=throughput, share=share, budget=gpu_budget, decision=decision,
         last_scale_time=last_scale, arrival_rate=state.meter.arrival_rate, service_s=state.meter.service_s,
         startup_s=state.meter.startup_s, ready_workers=_ready(snap),
@@ -317,6 +320,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     return Plan(
         deployment=body,
         pdb=pdb,
+        claim_template=template,
         protect=_protection(snap) if spec is not None else {},
         restore=_orphans(snap),
         annotations=annotations,
@@ -394,7 +398,8 @@ _ADVICE = {
     model.OOM_KILLED: "raise spec.worker.resources.limits.memory, or make its tasks use less",
     model.CRASH_LOOP: "the worker exits as it starts: check spec.worker.celeryApp (its module must import in the "
     "image) and the pod's log (kubectl logs --previous)",
-    model.UNSCHEDULABLE: "add nodes with free GPUs, or check spec.worker.nodeSelector and tolerations",
+    model.UNSCHEDULABLE: "add nodes with free GPUs, or check spec.worker.nodeSelector and tolerations (and "
+    "spec.worker.claim: its device class and selectors must match devices the cluster has)",
 }
 
 

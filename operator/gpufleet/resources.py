@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpufleet import claims
 from gpufleet.crd import GROUP, KIND, VERSION
 from gpufleet.model import BUSY_LABEL, DELETION_COST
 from gpufleet.spec import QueueSpec, SentinelSpec
@@ -94,11 +95,11 @@ def worker_env(spec: QueueSpec, namespace: str, name: str) -> list[dict[str, Any
         {"name": "GPUFLEET_VISIBILITY_TIMEOUT", "value": str(w.visibility_timeout_seconds)},
         {"name": "GPUFLEET_TASK_TIME_LIMIT", "value": str(w.task_time_limit_seconds)},
         {"name": "GPUFLEET_HEARTBEAT_FILE", "value": contract.HEARTBEAT_FILE},
-        {"name": "GPUFLEET_GPUS", "value": str(w.gpus)},
+        {"name": "GPUFLEET_GPUS", "value": str(w.gpus_per_pod)},
         {"name": "CUPY_CACHE_DIR", "value": "/tmp/cupy"},  # the root filesystem is read-only
         {"name": "GPUFLEET_STATE_INTERVAL", "value": f"{contract.STATE_INTERVAL_SECONDS:g}"},
     ]
-    if w.gpus > 0 and w.require_gpu:
+    if w.gpus_per_pod > 0 and w.require_gpu:
         env.append({"name": "GPUFLEET_REQUIRE_GPU", "value": "1"})
     overridden = {var["name"] for var in w.env}
     return [var for var in env if var["name"] not in overridden] + [dict(var) for var in w.env]
@@ -123,7 +124,7 @@ def worker_command(spec: QueueSpec) -> tuple[list[str], list[str]]:
 def _resources(spec: QueueSpec) -> dict[str, Any]:
     w = spec.worker
     out: dict[str, dict[str, Any]] = {k: dict(v) for k, v in w.resources.items()}
-    if w.gpus > 0:
+    if w.gpus > 0 and w.claim is None:
         # Extended resources cannot be overcommitted: request equals limit.
         for kind in ("requests", "limits"):
             out.setdefault(kind, {})[w.gpu_resource] = w.gpus
@@ -134,7 +135,8 @@ def _tolerations(spec: QueueSpec) -> list[dict[str, Any]]:
     w = spec.worker
     tolerations = [dict(t) for t in w.tolerations]
     gpu_taint = {"key": w.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
-    if w.gpus > 0 and gpu_taint not in tolerations:
+    # GPU nodes carry this taint whether their GPUs are a device plugin's or a DRA driver's.
+    if w.gpus_per_pod > 0 and gpu_taint not in tolerations:
         tolerations.append(gpu_taint)
     return tolerations
 
@@ -176,6 +178,9 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
             "readOnlyRootFilesystem": w.security.read_only_root_filesystem,
         },
     }
+    pod_claims, container_claims = claims.pod_claims(spec, name)
+    if container_claims:
+        container["resources"]["claims"] = container_claims
     # The only writable paths: scratch for Python, Celery and CuPy's kernel cache; the heartbeat's directory.
     container["volumeMounts"].insert(0, {"name": "tmp", "mountPath": "/tmp"})
     volumes: list[dict[str, Any]] = [
@@ -211,6 +216,7 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
         "priorityClassName": w.priority_class_name,
         "serviceAccountName": w.service_account_name,
         "imagePullSecrets": [{"name": s} for s in w.image_pull_secrets] or None,
+        "resourceClaims": pod_claims or None,
     }
     pod_spec |= {k: v for k, v in optional.items() if v is not None}
 
@@ -255,6 +261,25 @@ def busy_pdb(*, namespace: str, name: str, uid: str) -> dict[str, Any]:
             "maxUnavailable": 0,
             "selector": {"matchLabels": {**selector_labels(name), BUSY_LABEL: "true"}},
         },
+    }
+
+
+def claim_template(spec: QueueSpec, *, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
+    """The ResourceClaimTemplate the operator owns for a claim-based fleet (each pod's claim is made from it);
+    None when the fleet asks for GPUs as an extended resource or names a template of its own."""
+    claim = spec.worker.claim
+    if claim is None or claim.template_name:
+        return None
+    return {
+        "apiVersion": claims.API_VERSION,
+        "kind": "ResourceClaimTemplate",
+        "metadata": {
+            "name": claims.template_name(name, claim),
+            "namespace": namespace,
+            "labels": labels(name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": claims.template_spec(claim),
     }
 
 

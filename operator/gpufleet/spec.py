@@ -64,6 +64,20 @@ class SecuritySpec:
     read_only_root_filesystem: bool = True
 
 
+DEFAULT_DEVICE_CLASS = "gpu.nvidia.com"  # the DeviceClass of NVIDIA's DRA driver for whole GPUs
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """GPUs asked for through Dynamic Resource Allocation: each worker pod gets its own ResourceClaim, made from
+    the ResourceClaimTemplate the operator owns (device class, count, selectors) or from the user's own."""
+
+    device_class_name: str = DEFAULT_DEVICE_CLASS
+    count: int = 1  # devices per pod (with template_name: what that template allocates, for the GPU budget)
+    selectors: tuple[str, ...] = ()  # CEL expressions over a device's attributes and capacity, all must hold
+    template_name: str | None = None  # a ResourceClaimTemplate of the user's, in the queue's namespace
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     image: str
@@ -90,6 +104,12 @@ class WorkerSpec:
     service_account_name: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     security: SecuritySpec = field(default_factory=lambda: SecuritySpec())
+    claim: ClaimSpec | None = None  # None: the extended resource (gpus of gpu_resource)
+
+    @property
+    def gpus_per_pod(self) -> int:
+        """The GPUs one worker pod holds, however it asks for them: what capacity and budget count."""
+        return self.claim.count if self.claim else self.gpus
 
     @property
     def slots(self) -> int:
@@ -164,6 +184,23 @@ def _sentinel(raw: Mapping[str, Any] | None) -> SentinelSpec | None:
     return SentinelSpec(raw["masterName"], hosts, _ref(raw.get("passwordSecretRef")))
 
 
+def _claim(raw: Mapping[str, Any] | None) -> ClaimSpec | None:
+    if raw is None:
+        return None
+    if raw.get("templateName") and ("deviceClassName" in raw or raw.get("selectors")):
+        # The CRD refuses it too; this is for a spec read without the API server (files, the simulator).
+        raise SpecError(
+            "spec.worker.claim.templateName",
+            "names a ResourceClaimTemplate of your own: put deviceClassName and selectors in it, not here",
+        )
+    return ClaimSpec(
+        device_class_name=raw.get("deviceClassName", DEFAULT_DEVICE_CLASS),
+        count=raw.get("count", 1),
+        selectors=tuple(raw.get("selectors", ())),
+        template_name=raw.get("templateName"),
+    )
+
+
 def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
     """Read a GpuTaskQueue spec (as served, or as written by hand) into the typed model.
 
@@ -216,6 +253,7 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
                 w["securityContext"]["fsGroup"],
                 w["securityContext"]["readOnlyRootFilesystem"],
             ),
+            claim=_claim(w.get("claim")),
         )
         scaling = ScalingSpec(
             min_replicas=sc["minReplicas"],
@@ -256,6 +294,14 @@ def _check_sentinel(b: BrokerSpec) -> None:
         raise SpecError("spec.broker.sentinel.masterName", "must be a name without spaces, ';', '/' or '@'")
 
 
+def _check_claim(w: WorkerSpec) -> None:
+    """What the CRD's rule also refuses at apply time, for a spec read without it (files, the simulator)."""
+    if w.gpus != 1:
+        raise SpecError(
+            "spec.worker.claim", "set worker.gpus or worker.claim, not both (claim.count is per pod)"
+        )
+
+
 def _validated(spec: QueueSpec) -> QueueSpec:
     b, w, sc = spec.broker, spec.worker, spec.scaling
     if b.sentinel is None and (b.url is None) == (b.url_secret_ref is None):
@@ -278,6 +324,8 @@ def _validated(spec: QueueSpec) -> QueueSpec:
             "spec.worker.visibilityTimeoutSeconds",
             "must be greater than worker.taskTimeLimitSeconds, or a running task is handed to a second worker",
         )
+    if w.claim is not None:
+        _check_claim(w)
     for i, var in enumerate(w.env):
         if "value" in var and "valueFrom" in var:
             raise SpecError(f"spec.worker.env[{i}]", f"{var['name']}: set value or valueFrom, not both")

@@ -69,6 +69,7 @@ GPUFLEET = [
     ("apps", "deployments", "get list watch create patch update", ()),
     ("", "pods", "get list watch patch", ()),
     ("policy", "poddisruptionbudgets", "get create patch", ()),
+    ("resource.k8s.io", "resourceclaimtemplates", "get create patch", ()),
     ("", "secrets", "get", ()),
     ("", "events", "create patch", ()),
 ]
