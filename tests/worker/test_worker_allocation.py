@@ -3,9 +3,14 @@ worker process uses: the pure mapping, without CUDA."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 
+from gpufleet_worker import device
 from gpufleet_worker.allocation import Allocation, allocated, cuda_visible_devices, placement
+from gpufleet_worker.settings import from_env
 
 A = "GPU-6f1c2a3b-0c9d-4e57-8a1b-2c3d4e5f6a7b"
 B = "GPU-0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"
@@ -86,3 +91,14 @@ def test_each_process_is_placed_on_one_device(process, count, given, expected):
 def test_no_device_no_placement():
     with pytest.raises(ValueError):
         placement(0, 0, None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_the_device_layer_pins_cuda_to_the_given_gpus_before_cuda_starts(monkeypatch):
+    # Without CuPy the layer falls back to NumPy; the pin must already be in place by then, for CUDA reads it once.
+    monkeypatch.setattr(device, "_current", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so that what the layer sets is undone after
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", f"{A},{B}")
+    assert device.init(from_env({"GPUFLEET_GPUS": "2"})).name == "cpu"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == f"{A},{B}"
