@@ -33,7 +33,9 @@ if [[ "${1:-}" == "--builds" ]]; then
   while [[ ! -f $dir/docker.ready ]]; do sleep 1; done
   command -v debootstrap >/dev/null ||
     build_step "$dir" "debootstrap" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap || exit
-  build_step "$dir" "kind node image" hack/kind-node-image.sh
+  build_step "$dir" "kind node image" hack/kind-node-image.sh || exit
+  # The DRA example driver's kubelet plugin, for tests/e2e/test_kind_dra.py (which builds it if this did not).
+  build_step "$dir" "DRA example driver" hack/dra-example-driver.sh --binary
   exit
 fi
 
@@ -48,7 +50,7 @@ record() { NAMES+=("$1"); SECS+=("$2"); STATES+=("$3"); }
 table() {
   local i total=$((SECONDS - TOTAL_START))
   # The background steps that finished, with their own times (they overlapped the phases above them).
-  for name in "control plane binaries" "kind binaries" "kind node image" "pytest: chaos"; do
+  for name in "control plane binaries" "kind binaries" "kind node image" "DRA example driver" "pytest: chaos"; do
     if [[ -f "$RUN/$name.rc" ]]; then
       local state="background"
       [[ $(<"$RUN/$name.rc") == 0 ]] || state="background, FAILED (exit $(<"$RUN/$name.rc"))"
