@@ -107,8 +107,8 @@ class Plan:
     @property
     def writes(self) -> bool:
         """Whether applying it sends anything to the API or the broker."""
-        return bool(self.deployment or self.pdb or self.claim_template or self.status or self.events or self.protect or self.annotations
-                    or self.restore)  # fmt: skip
+        return bool(self.deployment or self.pdb or self.claim_template or self.status or self.events or self.protect
+                    or self.annotations or self.restore)  # fmt: skip
 
 
 # A worker idle this long loses its protection; a steady stream of short tasks keeps it protected, so the
