@@ -32,7 +32,7 @@ class Layout:
     global_keyprefix: str = ""
     priority_steps: tuple[int, ...] = contract.KOMBU_PRIORITY_STEPS
     separator: str = contract.KOMBU_SEP
-    unacked_key: str = "unacked"
+    unacked_key: str = contract.UNACKED_KEY
 
     def list_keys(self, queue: str) -> list[str]:
         """One Redis list per priority step: kombu's `_q_for_pri`, with the global prefix its client adds."""

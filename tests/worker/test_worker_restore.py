@@ -16,6 +16,8 @@ import redis
 from celery import Celery, chord, signature
 from workerproc import Worker, wait_for, worker_env
 
+from gpufleet.resources import worker_env as pod_env
+from gpufleet.spec import parse_spec
 from gpufleet_worker import contract
 from gpufleet_worker.app import configure
 
@@ -154,3 +156,29 @@ def test_restoring_is_atomic_idempotent_and_keeps_priority_and_live_entries(redi
     assert requeued["headers"] == message["headers"] and requeued["body"] == message["body"]
     assert client.hlen("p:unacked") == 0 and client.zcard("p:unacked_index") == 0
     assert not client.hexists("p:gpufleet:workers:ns/q", "dead")
+
+
+def test_a_custom_unacked_key_reaches_the_worker_and_its_restore(redis_url, tmp_path):
+    """spec.broker.unackedKey names kombu's hash of unacknowledged messages: the worker started from the pod's
+    environment records its deliveries there, and the next worker puts a killed one's task back from there."""
+    spec = parse_spec({"broker": {"url": redis_url, "unackedKey": "team-a:held"}, "queues": ["gpu"],
+                       "worker": {"image": "w:1", "gpus": 0}})  # fmt: skip
+    from_pod = {v["name"]: v["value"] for v in pod_env(spec, "team-a", "matrix") if "value" in v}
+    from_pod.pop(contract.Env.HEARTBEAT_FILE)
+    markers = tmp_path / "runs"
+    markers.mkdir()
+    env_a = defaults(redis_url, tmp_path, "matrix-0") | from_pod
+    env_b = defaults(redis_url, tmp_path, "matrix-1") | from_pod
+    client = redis.Redis.from_url(redis_url)
+    with Worker(env_a, tmp_path / "a.log", app="worker_user_app:app") as a:
+        result = producer_for(env_b).send_task("user.sleep", args=(8, str(markers)), queue="gpu")
+        wait_for(lambda: runs(markers), TIMEOUT, "the task to start on the first worker")
+        held = wait_for(lambda: (raw := client.hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"], TIMEOUT,
+                        "the first worker's entry to name its delivery")  # fmt: skip
+        assert client.hexists("team-a:held", held[0]) and not client.exists("unacked")
+        kill(a)
+    with Worker(env_b, tmp_path / "b.log", app="worker_user_app:app") as b:
+        wait_for(lambda: len(runs(markers)) == 2, TIMEOUT, "the task to start again on the second worker")
+        assert result.get(timeout=TIMEOUT) == "slept"
+        assert "put back 1 task(s) held by matrix-0" in b.log()
+        wait_for(lambda: client.hlen("team-a:held") == 0, TIMEOUT, "the second run's ack")
