@@ -262,6 +262,17 @@ class RedisProbe:
                 client.close()
 
 
+@dataclass(frozen=True)
+class Handle:
+    """One fleet's broker and its part of the probe: where a plan's restore is written."""
+
+    probe: RedisProbe
+    request: Request
+
+    def restore(self, fields: Sequence[tuple[str, bool]], now: float) -> dict[str, int]:
+        return self.probe.restore(self.request, fields, now)
+
+
 class ProbePool:
     """One RedisProbe (and so one connection pool) per distinct broker, dropped when no fleet uses it."""
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from gpufleet.crd import GROUP, KIND, VERSION
-from gpufleet.model import BUSY_LABEL, DELETION_COST
+from gpufleet.model import (
+    BUSY_LABEL,
+    DELETION_COST,
+    DO_NOT_DISRUPT,
+    FLEET_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SAFE_TO_EVICT,
+)
 from gpufleet.spec import QueueSpec, SentinelSpec
 from gpufleet_worker import contract
 from gpufleet_worker.contract import Env as E
 
-MANAGED_BY = "gpufleet"
-FLEET_LABEL = "gpufleet.dev/fleet"
 CA_MOUNT = "/etc/gpufleet/broker-ca"
 
 
@@ -28,7 +34,7 @@ def labels(name: str) -> dict[str, str]:
         **selector_labels(name),
         "app.kubernetes.io/name": "gpufleet-worker",
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
     }
 
 
@@ -261,10 +267,7 @@ def busy_pdb(*, namespace: str, name: str, uid: str) -> dict[str, Any]:
 
 
 # What the cluster autoscaler and Karpenter honour: a node with such a pod is not scaled down or consolidated.
-PROTECTION = {
-    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
-    "karpenter.sh/do-not-disrupt": "true",
-}
+PROTECTION = {SAFE_TO_EVICT: "false", DO_NOT_DISRUPT: "true"}
 BUSY_DELETION_COST = (
     "1000"  # above any idle pod's (which carry none, or a negative one): a rollout takes idle first
 )
