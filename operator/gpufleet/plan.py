@@ -269,14 +269,15 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
 def settled(before: FleetState, plan: Plan, outcome: Outcome) -> FleetState:
     """What a fleet carries into the next tick once `apply` wrote `plan` (`before`: what it carried into this
     one). A refused Deployment undoes the whole plan: the fleet is planned again at once, knowing the refusal,
-    which it then shows (DeploymentRejected) until its spec changes. Tasks put back are told by the next plan."""
+    which it then shows (DeploymentRejected) until its spec changes. Tasks put back are told by the next plan,
+    made at once."""
     if outcome.failed is not None:  # not all was written: the fleet is planned again from where it was
         return replace(before, restored=before.restored + outcome.restored)
     if outcome.rejected is not None:
         return replace(before, rejected=(before.generation, outcome.rejected), applied_generation=None,
                        next_probe=0.0, restored=before.restored + outcome.restored)  # fmt: skip
-    if outcome.restored:
-        return replace(plan.state, restored=outcome.restored)
+    if outcome.restored:  # planned again at once: its Event follows within a tick
+        return replace(plan.state, restored=outcome.restored, next_probe=0.0)
     return plan.state
 
 

@@ -410,6 +410,7 @@ def test_what_apply_did_is_what_the_next_plan_starts_from():
     assert settled(before, p, Outcome(failed=RuntimeError("503"))) == before
     # Tasks put back: the next plan tells it, once, and the fleet is not at rest until it has.
     put_back = settled(before, p, Outcome(restored=(("w-1", 2),)))
+    assert put_back.next_probe == 0.0  # told at once
     told = step(snap(now=101, queued=4, replicas=4), put_back)
     assert [(e.reason, e.message) for e in told.events if e.reason == "TasksRestored"] == [
         (
