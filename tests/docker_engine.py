@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = {
@@ -104,7 +104,7 @@ class Container:
                 )
             return None
 
-        return wait_for(seen, timeout, f"{text!r} in the log of {self.name}")
+        return wait_for(f"{text!r} in the log of {self.name}", seen, timeout)
 
     def wait_exit(self, timeout: float = 120) -> int:
         done = docker("wait", self.name, timeout=timeout)
@@ -118,17 +118,6 @@ class Container:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def read_only_options(writable: str) -> tuple[str, ...]:

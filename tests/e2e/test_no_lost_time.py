@@ -17,7 +17,8 @@ import redis
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fleet import Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 BUSY = "gpufleet.dev/busy"

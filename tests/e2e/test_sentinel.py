@@ -14,9 +14,10 @@ import yaml
 from celery import Celery
 from kubernetes import client
 
-from fleet import HERE, wait_for
+from fleet import HERE
 from gpufleet_worker.app import configure
 from redis_sentinel import MASTER_NAME, SentinelGroup
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -12,8 +12,9 @@ import pytest
 import redis
 from worker_containers import celery_args, producer, state_key, worker_env, worker_options
 
-from docker_engine import NON_ROOT, REPO, WORKER_RUNTIME, Container, docker, wait_for
+from docker_engine import NON_ROOT, REPO, WORKER_RUNTIME, Container, docker
 from gpufleet_worker.errors import PayloadError
+from support import wait_for
 
 TIMEOUT = 120
 # Every process of the container, with its uid: tini and Celery alike must run as the image's user.
@@ -112,7 +113,7 @@ def test_sigterm_mid_task_lets_the_task_finish(redis_url, user_image, containers
     client = redis.Redis.from_url(redis_url)
     # The worker says it is busy in the broker (docs/worker-contract.md): the task runs now.
     key, pod = state_key(env), env["GPUFLEET_POD_NAME"]
-    wait_for(lambda: json.loads(client.hget(key, pod) or "{}").get("busy"), TIMEOUT, "the task to run")
+    wait_for("the task to run", lambda: json.loads(client.hget(key, pod) or "{}").get("busy"), TIMEOUT)
     started = time.monotonic()
     # SIGTERM to PID 1 (tini), which passes it on; a worker that ignored it would be killed after 60 s.
     docker("stop", "--time", "60", worker.name, timeout=90)
