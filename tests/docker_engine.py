@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,18 @@ def read_only_options(writable: str) -> tuple[str, ...]:
     """A read-only root filesystem with `writable` as a tmpfs owned by the images' user: what a pod with
     readOnlyRootFilesystem and an emptyDir gets."""
     return ("--read-only", "--tmpfs", f"{writable}:uid={NON_ROOT},gid={NON_ROOT},mode=0700")
+
+
+@contextmanager
+def user_image(base: str, context: Path, tag: str) -> Iterator[str]:
+    """A user's image, as the README says (FROM the worker image + their module): tests/worker/worker_user_app.py
+    on top of `base`, built in `context` as `tag`, and removed afterwards."""
+    shutil.copy(REPO / "tests" / "worker" / "worker_user_app.py", context)
+    (context / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY worker_user_app.py /opt/app/\nENV PYTHONPATH=/opt/app\n"
+    )
+    docker("build", "--quiet", "--tag", tag, str(context), timeout=300)
+    try:
+        yield tag
+    finally:
+        docker("image", "rm", tag, check=False)

@@ -71,14 +71,15 @@ class Operator:
             pytest.fail(f"the operator logged a traceback:\n{log[at : at + 4000]}")
 
 
-def queue_manifest(name: str, redis_url: str, queues: list[str], *, scaling: dict | None = None, worker: dict | None = None,
-                   broker: dict | None = None) -> str:  # fmt: skip
+def queue_manifest(name: str, redis_url: str | None, queues: list[str], *, scaling: dict | None = None,
+                   worker: dict | None = None, broker: dict | None = None) -> str:  # fmt: skip
+    """A GpuTaskQueue of the e2e worker image on the process pods; `redis_url` None: `broker` says where."""
     body = {
         "apiVersion": "gpufleet.dev/v1alpha1",
         "kind": "GpuTaskQueue",
         "metadata": {"name": name},
         "spec": {
-            "broker": {"url": redis_url, **(broker or {})},
+            "broker": {**({"url": redis_url} if redis_url else {}), **(broker or {})},
             "queues": queues,
             "worker": {
                 "image": "gpufleet-worker:e2e",

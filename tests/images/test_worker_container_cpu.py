@@ -4,7 +4,6 @@ fleet's pod runs it: non-root, read-only root filesystem, tini as PID 1, livenes
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 import redis
 from worker_containers import celery_args, producer, state_key, worker_env, worker_options
 
-from docker_engine import NON_ROOT, REPO, WORKER_RUNTIME, Container, docker
+from docker_engine import NON_ROOT, WORKER_RUNTIME, Container, docker
+from docker_engine import user_image as build_user_image
 from gpufleet_worker.errors import PayloadError
 from support import wait_for
 
@@ -95,14 +95,8 @@ def test_the_liveness_command_reads_the_heartbeat_inside_the_image(fleet):
 @pytest.fixture
 def user_image(worker_cpu_image, tmp_path):
     """A user's image: their tasks on top of the worker image, as the README says (FROM + their module)."""
-    shutil.copy(REPO / "tests" / "worker" / "worker_user_app.py", tmp_path)
-    (tmp_path / "Dockerfile").write_text(
-        f"FROM {worker_cpu_image}\nCOPY worker_user_app.py /opt/app/\nENV PYTHONPATH=/opt/app\n"
-    )
-    image = "gpufleet-worker:test-user-app"
-    docker("build", "--quiet", "--tag", image, str(tmp_path), timeout=300)
-    yield image
-    docker("image", "rm", image, check=False)
+    with build_user_image(worker_cpu_image, tmp_path, "gpufleet-worker:test-user-app") as image:
+        yield image
 
 
 def test_sigterm_mid_task_lets_the_task_finish(redis_url, user_image, containers):

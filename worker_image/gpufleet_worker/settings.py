@@ -65,30 +65,25 @@ class Settings:
     max_payload_bytes: int
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+def _number(env: Mapping[str, str], name: str, default, minimum, kind: type, what: str):
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+    return _number(env, name, default, minimum, int, "an integer")
 
 
 def _float(env: Mapping[str, str], name: str, default: float | None, minimum: float = 0.0) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
+    return _number(env, name, default, minimum, float, "a number")
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
