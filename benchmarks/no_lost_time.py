@@ -32,10 +32,11 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "worker"), str(ROOT / 
 
 from workerproc import Worker, worker_env  # noqa: E402
 
-from fleet import Kubectl, Operator, Tasks, queue_manifest, wait_for  # noqa: E402
+from fleet import Operator, Tasks, queue_manifest  # noqa: E402
 from gpufleet_tools.devcluster.binaries import bin_dir  # noqa: E402
 from gpufleet_tools.devcluster.cluster import DevCluster  # noqa: E402
 from gpufleet_tools.devcluster.redisserver import RedisServer, free_port  # noqa: E402
+from support import Kubectl, wait_for  # noqa: E402
 
 CRD = ROOT / "charts" / "gpufleet" / "files" / "gputaskqueues.crd.yaml"
 VISIBILITY_TIMEOUT = 7200

@@ -11,13 +11,15 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = {
@@ -104,7 +106,7 @@ class Container:
                 )
             return None
 
-        return wait_for(seen, timeout, f"{text!r} in the log of {self.name}")
+        return wait_for(f"{text!r} in the log of {self.name}", seen, timeout)
 
     def wait_exit(self, timeout: float = 120) -> int:
         done = docker("wait", self.name, timeout=timeout)
@@ -120,18 +122,22 @@ class Container:
         self.close()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 def read_only_options(writable: str) -> tuple[str, ...]:
     """A read-only root filesystem with `writable` as a tmpfs owned by the images' user: what a pod with
     readOnlyRootFilesystem and an emptyDir gets."""
     return ("--read-only", "--tmpfs", f"{writable}:uid={NON_ROOT},gid={NON_ROOT},mode=0700")
+
+
+@contextmanager
+def user_image(base: str, context: Path, tag: str) -> Iterator[str]:
+    """A user's image, as the README says (FROM the worker image + their module): tests/worker/worker_user_app.py
+    on top of `base`, built in `context` as `tag`, and removed afterwards."""
+    shutil.copy(REPO / "tests" / "worker" / "worker_user_app.py", context)
+    (context / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY worker_user_app.py /opt/app/\nENV PYTHONPATH=/opt/app\n"
+    )
+    docker("build", "--quiet", "--tag", tag, str(context), timeout=300)
+    try:
+        yield tag
+    finally:
+        docker("image", "rm", tag, check=False)

@@ -17,7 +17,8 @@ from pathlib import Path
 import redis
 import redis.sentinel
 
-from redis_server import REDIS_SERVER, free_port
+from redis_server import REDIS_SERVER
+from support import free_port
 
 MASTER_NAME = "gpufleet"
 DOWN_AFTER_MS = 1000

@@ -3,6 +3,6 @@
 `tests/conftest.py` exposes it as the `redis_server` (session) and `redis_url` (per test, flushed) fixtures.
 """
 
-from gpufleet_tools.devcluster.redisserver import REDIS_SERVER, RedisServer, free_port
+from gpufleet_tools.devcluster.redisserver import REDIS_SERVER, RedisServer
 
-__all__ = ["REDIS_SERVER", "RedisServer", "free_port"]
+__all__ = ["REDIS_SERVER", "RedisServer"]

@@ -32,7 +32,7 @@ class Layout:
     global_keyprefix: str = ""
     priority_steps: tuple[int, ...] = contract.KOMBU_PRIORITY_STEPS
     separator: str = contract.KOMBU_SEP
-    unacked_key: str = "unacked"
+    unacked_key: str = contract.UNACKED_KEY
 
     def list_keys(self, queue: str) -> list[str]:
         """One Redis list per priority step: kombu's `_q_for_pri`, with the global prefix its client adds."""
@@ -260,6 +260,17 @@ class RedisProbe:
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
                 client.close()
+
+
+@dataclass(frozen=True)
+class Handle:
+    """One fleet's broker and its part of the probe: where a plan's restore is written."""
+
+    probe: RedisProbe
+    request: Request
+
+    def restore(self, fields: Sequence[tuple[str, bool]], now: float) -> dict[str, int]:
+        return self.probe.restore(self.request, fields, now)
 
 
 class ProbePool:

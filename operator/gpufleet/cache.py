@@ -10,8 +10,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from gpufleet.model import Deployment, Pod
-from gpufleet.resources import FLEET_LABEL
+from gpufleet.model import FLEET_LABEL, Deployment, Pod
 
 Key = tuple[str, str]
 _NO_PODS: Mapping[str, Pod] = MappingProxyType({})
@@ -74,17 +73,9 @@ class Cache:
         with self._lock:
             return self._deployments.get((namespace, name))
 
-    def pods(self, namespace: str, fleet: str) -> Mapping[str, Pod]:
-        with self._lock:
-            return MappingProxyType(dict(self._pods.get((namespace, fleet), {})))
-
-    def gone(self, namespace: str, fleet: str) -> frozenset[str]:
-        """The fleet's pods deleted within the last GONE_SECONDS."""
-        with self._lock:
-            return self._recent(self._gone.get((namespace, fleet), {}))
-
     @staticmethod
     def _recent(gone: dict[str, float]) -> frozenset[str]:
+        """The pods deleted within the last GONE_SECONDS."""
         horizon = time.monotonic() - GONE_SECONDS
         for name in [n for n, at in gone.items() if at < horizon]:
             del gone[name]

@@ -185,7 +185,10 @@ def parser(tool: str | None = None) -> argparse.ArgumentParser:
     depth.add_argument("--queue", required=True, action="append", help="Celery queue name (repeatable)")
     depth.add_argument("--global-keyprefix", default="", help="kombu's global_keyprefix")
     depth.add_argument(
-        "--priority-steps", type=_steps, default=[0, 3, 6, 9], help="kombu's priority_steps (0,3,6,9)"
+        "--priority-steps",
+        type=_steps,
+        default=list(contract.KOMBU_PRIORITY_STEPS),
+        help="kombu's priority_steps (0,3,6,9)",
     )
     depth.add_argument(
         "--sep",
@@ -193,7 +196,7 @@ def parser(tool: str | None = None) -> argparse.ArgumentParser:
         default=contract.KOMBU_SEP,
         help="kombu's priority separator (\\x06\\x16)",
     )
-    depth.add_argument("--unacked-key", default="unacked", help="kombu's unacked_key")
+    depth.add_argument("--unacked-key", default=contract.UNACKED_KEY, help="kombu's unacked_key")
     depth.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")
     depth.set_defaults(func=_depth)
 

@@ -15,7 +15,7 @@ from gpufleet.controller import Controller
 from gpufleet.crd import GROUP, PLURAL, VERSION
 from gpufleet.kube import Kube, load_config
 from gpufleet.leader import Election, Elector, FencedKube, KubeLeases
-from gpufleet.resources import MANAGED_BY
+from gpufleet.model import MANAGED_BY, MANAGED_BY_LABEL
 
 log = logging.getLogger(__name__)
 STOP_WITHIN = 10.0  # seconds a stopping operator waits for the tick under way
@@ -123,12 +123,12 @@ def queue_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
         memo.controller.reconcile(dict(event["object"]))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})
 def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
     memo.controller.cache.deployment_event(event.get("type"), event["object"])
 
 
-@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY})
 def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_) -> None:
     memo.controller.cache.pod_event(event.get("type"), event["object"])
 

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufleet import metrics
 from gpufleet.crd import GROUP, PLURAL, VERSION
-from gpufleet.status import rfc3339
+from gpufleet.model import rfc3339
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "gpufleet"
@@ -48,6 +48,27 @@ class Rejected(Exception):
 
 class Forbidden(Exception):
     """RBAC refused a read (403): a problem of the one fleet that asked, never a reason to stop the others."""
+
+
+class NotLeading(Exception):
+    """A write attempted after this replica lost the Lease: refused before it is sent (leader.FencedKube)."""
+
+
+def log_failure(key: tuple[str, str], exc: BaseException) -> None:
+    """One fleet's fault, retried at its next poll. A passing one (the API restarting or overloaded, this replica
+    no longer leading) is one line; anything else is logged with its traceback, as a bug to look at."""
+    if isinstance(exc, ApiException) and namespace_gone(exc):
+        # Its namespace is going or gone, and the queue with it: the deletion event ends this fleet; nothing to debug.
+        log.info("%s/%s: its namespace is being deleted or gone; nothing more is written there", *key)
+    elif transient(exc) or isinstance(exc, NotLeading):
+        log.warning("%s/%s: %s: %s; retrying at its next poll", *key, type(exc).__name__, _short(exc))
+    else:
+        log.error("%s/%s: failed; retrying at its next poll", *key, exc_info=exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _message(exc: ApiException) -> str:

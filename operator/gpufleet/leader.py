@@ -31,7 +31,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet import metrics
-from gpufleet.kube import Kube
+from gpufleet.kube import Kube, NotLeading
 
 log = logging.getLogger(__name__)
 
@@ -266,10 +266,6 @@ class Elector:
         while not stop.is_set():
             self.step()
             stop.wait(self.timing.retry)
-
-
-class NotLeading(Exception):
-    """A write attempted after this replica lost the Lease: refused here, never sent."""
 
 
 class FencedKube(Kube):

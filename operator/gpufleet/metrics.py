@@ -67,7 +67,9 @@ leader = Gauge(
 )
 probe_errors = Counter("gpufleet_probe_errors_total", "Probes of a broker that failed, per fleet.", FLEET)
 
-_PER_FLEET = (desired, replicas, ready_workers, busy_workers, restored)
+# Every series labelled with a fleet: all of them go with it.
+_PER_FLEET = (queued, reserved, desired, replicas, ready_workers, failing_pods, busy_workers, decisions, restored,
+              probe_errors)  # fmt: skip
 
 
 def set_failing(namespace: str, name: str, counts: dict[str, int]) -> None:
@@ -79,14 +81,17 @@ def set_failing(namespace: str, name: str, counts: dict[str, int]) -> None:
             _remove(failing_pods, namespace, name, reason)
 
 
-def forget(namespace: str, name: str, queues: tuple[str, ...]) -> None:
-    """Drop a deleted fleet's series so they do not linger at their last value."""
-    for gauge in _PER_FLEET:
-        _remove(gauge, namespace, name)
-    set_failing(namespace, name, {})
+def forget_queues(namespace: str, name: str, queues: tuple[str, ...]) -> None:
+    """Drop the series of Celery queues the fleet no longer consumes."""
     for queue in queues:
         _remove(queued, namespace, name, queue)
         _remove(reserved, namespace, name, queue)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted fleet's series, whatever their other labels, so they do not linger at their last value."""
+    for metric in _PER_FLEET:
+        metric.remove_by_labels({"namespace": namespace, "gputaskqueue": name})
 
 
 def _remove(metric, *labels: str) -> None:

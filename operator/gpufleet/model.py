@@ -1,28 +1,43 @@
-"""What the operator observes, as plain immutable values: the vocabulary that the pure core and the edges share.
+"""The vocabulary that the pure core and the edges share, as plain immutable values.
 
-The broker probe produces Readings, the Kubernetes caches produce Pods and Deployments, the tick bundles them into
-one Snapshot per fleet; the policy and the plan read nothing else. No I/O here, and no import of an edge.
+What the operator observes: the broker probe produces Readings, the Kubernetes caches produce Pods and
+Deployments, the tick bundles them into one Snapshot per fleet; the policy and the plan read nothing else.
+What the tick decides: a Plan per fleet (with its Events, Conditions, Gauges and pod writes) and the FleetState
+it carries to the next tick; what `apply` did of a plan comes back as an Outcome. Also the one table of label
+and annotation keys and the one time format. No I/O here, and no import of an edge.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpufleet.spec import QueueSpec
+from gpufleet.spec import QueueSpec, SpecError, parse_spec
 from gpufleet_worker.contract import WorkerState
+
+if TYPE_CHECKING:  # types only: the policy and the meter import this module
+    from gpufleet.policy import Decision, History
+    from gpufleet.throughput import Meter
 
 __all__ = [
     "DELETION_COST",
+    "Condition",
     "Deployment",
     "Depth",
+    "Event",
+    "FleetState",
+    "Gauges",
     "Observation",
+    "Outcome",
+    "Plan",
     "Pod",
+    "PodWrite",
     "Queue",
     "Reading",
     "Snapshot",
@@ -31,11 +46,34 @@ __all__ = [
 ]
 
 _EMPTY: Mapping = MappingProxyType({})
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # read by the ReplicaSet controller
+
+# ---- label and annotation keys ---------------------------------------------------------------------------------
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "gpufleet"  # its value on everything the operator creates: the watches select by it
+FLEET_LABEL = "gpufleet.dev/fleet"  # the GpuTaskQueue a worker pod belongs to
 BUSY_LABEL = "gpufleet.dev/busy"  # "true" on pods running a task: the busy PodDisruptionBudget selects them
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # read by the ReplicaSet controller
 KARPENTER_MANAGED_COST = (
     "karpenter.sh/managed-deletion-cost"  # Karpenter's PodDeletionCostManagement marks its own
 )
+SAFE_TO_EVICT = (
+    "cluster-autoscaler.kubernetes.io/safe-to-evict"  # "false": the cluster autoscaler keeps the node
+)
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"  # "true": Karpenter does not consolidate the node
+
+
+# ---- time -----------------------------------------------------------------------------------------------------
+def rfc3339(epoch: float) -> str:
+    """Epoch seconds as the API writes a timestamp (2026-01-02T03:04:05Z)."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch(stamp: str | None) -> float | None:
+    """An RFC 3339 timestamp as the API serves it (2026-01-02T03:04:05Z) in epoch seconds; None if unreadable."""
+    try:
+        return dt.datetime.fromisoformat(stamp).timestamp() if stamp else None
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -63,14 +101,6 @@ class Reading:
         return Depth(
             sum(d.queued for d in self.queues.values()), sum(d.reserved for d in self.queues.values())
         )
-
-
-def _epoch(stamp: str | None) -> float | None:
-    """An RFC 3339 timestamp as the API serves it (2026-01-02T03:04:05Z) in epoch seconds; None if unreadable."""
-    try:
-        return dt.datetime.fromisoformat(stamp).timestamp() if stamp else None
-    except (TypeError, ValueError):
-        return None
 
 
 # Why a worker pod cannot start, as the kubelet (or the scheduler) says it: the typed reasons of the conditions.
@@ -206,7 +236,7 @@ class Pod:
             protected=(meta.get("labels") or {}).get(BUSY_LABEL) == "true",
             failed=(obj.get("status") or {}).get("phase") == "Failed",
             cost_contested=KARPENTER_MANAGED_COST in annotations,
-            created=_epoch(meta.get("creationTimestamp")),
+            created=epoch(meta.get("creationTimestamp")),
             trouble=trouble,
         )
 
@@ -301,3 +331,145 @@ class Queue:
     @cached_property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+    @classmethod
+    def from_object(cls, body: Mapping[str, Any]) -> Queue:
+        """The queue of a GpuTaskQueue object: its spec parsed, or why it cannot be."""
+        meta = body["metadata"]
+        try:
+            spec, error = parse_spec(body.get("spec") or {}), None
+        except SpecError as exc:
+            spec, error = None, str(exc)
+        return cls(meta["namespace"], meta["name"], meta["uid"], meta.get("generation", 0), spec, error,
+                   dict(body.get("status") or {}))  # fmt: skip
+
+
+# ---- what the tick decides --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool | None  # None: Unknown
+    reason: str
+    message: str
+    generation: int | None = None  # set on Ready: the spec generation it speaks of
+
+    @property
+    def value(self) -> str:
+        return "Unknown" if self.status is None else "True" if self.status else "False"
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What one fleet carries from a tick to the next. Only the tick's thread holds it."""
+
+    uid: str = ""
+    generation: int | None = None  # the spec generation the tick has seen
+    next_probe: float = 0.0
+    failures: int = 0  # broker probes failed in a row
+    history: History | None = None
+    meter: Meter | None = None  # None: nothing measured yet
+    decision: Decision | None = None
+    applied_generation: int | None = None  # the generation whose Deployment the API accepted
+    rejected: tuple[int, str] | None = None  # (generation, the API's message) of a Deployment it refused
+    warned: frozenset[str] = frozenset()  # Warning Events posted and still true, each posted once
+    written: Mapping[str, Any] = field(default_factory=dict)  # the status as last written
+    written_at: float = -math.inf  # when it was written
+    last_scale_time: str | None = None
+    planned_at: float = -math.inf  # when the fleet was last planned (not merely found at rest)
+    planned_on: tuple | None = None  # what that plan was made from: (generation, reading, Deployment)
+    restored: tuple[
+        tuple[str, int], ...
+    ] = ()  # (pod, tasks) put back by the last apply: the next plan says so
+
+    @classmethod
+    def first(cls, uid: str, written: Mapping[str, Any]) -> FleetState:
+        """A fleet first seen (an operator start): continue from the status written before."""
+        return cls(uid=uid, written=dict(written), last_scale_time=written.get("lastScaleTime"))
+
+    def rescheduled(self, next_probe: float) -> FleetState:
+        """This state, probed next at `next_probe`: what a fleet at rest changes, at every poll of thousands of
+        fleets (`dataclasses.replace` copies field by field through __init__, several times slower)."""
+        new = object.__new__(FleetState)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["next_probe"] = next_probe
+        return new
+
+    @property
+    def reresolve(self) -> bool:
+        """Re-read the broker's Secrets before the next probe: they may have been rotated."""
+        return self.failures > 1
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """The fleet's metric values after this tick."""
+
+    queues: Mapping[str, tuple[int, int]]  # queue -> (queued, reserved)
+    desired: int | None
+    replicas: int
+    busy: int | None
+    ready: int | None  # workers taking tasks (None: not known, the broker unread)
+    failing: Mapping[str, int]  # reason -> worker pods that cannot start for it
+    direction: str | None  # up, down or hold: one more decision counted; None when nothing was decided
+    limited_by: str
+    probe_failed: bool
+    dropped: tuple[str, ...] = ()  # queues no longer in the fleet: their series go
+
+
+@dataclass(frozen=True)
+class PodWrite:
+    """One worker pod's metadata patch, and what the pod then is (for the cache, before the watch says so)."""
+
+    metadata: Mapping[str, Any]
+    known: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that should be true of one fleet after this tick. It says what it is: `at_rest` (nothing to
+    write: the fleet is only rescheduled), `needs_broker` (tasks of dead workers go back first) and `writes`."""
+
+    deployment: dict[str, Any] | None  # the Deployment to apply (server-side); None: nothing to write
+    annotations: Mapping[str, str]  # pod -> pod-deletion-cost, written before the Deployment
+    scale_event: Event | None  # posted once the Deployment apply went through
+    events: tuple[Event, ...]
+    status: dict[str, Any] | None  # the merge patch of the status; None when nothing changed
+    gauges: Gauges | None  # None: the metrics keep their values (a fleet at rest)
+    state: FleetState  # what the fleet carries into the next tick once this plan is written
+    pdb: dict[str, Any] | None = None  # the busy workers' PodDisruptionBudget, applied with the Deployment
+    # The ResourceClaimTemplate of a claim-based fleet, applied before the Deployment whose pods claim from it.
+    claim_template: dict[str, Any] | None = None
+    protect: Mapping[str, bool] = field(default_factory=dict)  # pod -> protect (busy) or release (idle)
+    pods: Mapping[str, PodWrite] = field(default_factory=dict)  # the pod patches that `protect` and
+    # `annotations` make, in the order written
+    # Workers whose messages go back to their queues: (pod, only if its entry is still expired).
+    restore: tuple[tuple[str, bool], ...] = ()
+    at_rest: bool = False
+
+    @property
+    def needs_broker(self) -> bool:
+        return bool(self.restore)
+
+    @property
+    def writes(self) -> bool:
+        """Whether applying it sends anything to the API or the broker."""
+        return bool(self.deployment or self.pdb or self.claim_template or self.status or self.events or self.pods
+                    or self.restore)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `apply` did of one fleet's plan; the next plan reads it (plan.settled)."""
+
+    rejected: str | None = None  # the API refused the Deployment (its message): nothing after it was written
+    restored: tuple[tuple[str, int], ...] = ()  # (pod, tasks put back) for each worker whose tasks went back
+    failed: BaseException | None = None  # a write failed (the API, this replica no longer leading): retried

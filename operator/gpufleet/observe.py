@@ -2,7 +2,9 @@
 
 Per fleet: its broker connection (Secrets read when the spec changed or the last probes failed), then ONE
 pipelined probe per distinct broker for all its fleets (brokers probed side by side), then the Deployment and the
-pods from the watch caches (a namespace's Deployments listed from the API once, at start).
+pods from the watch caches (a namespace's Deployments listed from the API once, at start). What it saw comes back
+as one Observed: the snapshots, the fleets whose reads failed (with the error), the fleets still waiting on their
+broker, and each probed fleet's broker handle. What to do with them is the caller's to decide.
 """
 
 from __future__ import annotations
@@ -10,16 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpufleet import metrics
-from gpufleet.broker import BrokerUnreachable, Connection, Layout, ProbePool, RedisProbe, Request
+from gpufleet.broker import BrokerUnreachable, Connection, Handle, Layout, ProbePool, Request
 from gpufleet.cache import Cache
 from gpufleet.kube import Forbidden, Kube
-from gpufleet.model import Queue, Reading, Snapshot
-from gpufleet.resources import MANAGED_BY, deployment_name
+from gpufleet.model import MANAGED_BY, MANAGED_BY_LABEL, Queue, Reading, Snapshot
+from gpufleet.resources import deployment_name
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -28,7 +30,17 @@ Key = tuple[str, str]
 # fleets; its own fleets wait for it, and use what it found at a later tick. Joining every probe made each tick
 # as slow as the slowest broker: one blackholed broker delayed every fleet of the operator by seconds.
 PROBE_WAIT = 0.5
-MANAGED = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one look at the due fleets found."""
+
+    snapshots: list[Snapshot] = field(default_factory=list)
+    failed: dict[Key, Exception] = field(default_factory=dict)  # fleets whose reads raised (an API fault)
+    waiting: set[Key] = field(default_factory=set)  # fleets whose broker has not answered yet: no snapshot
+    brokers: dict[Key, Handle] = field(default_factory=dict)  # the broker of each fleet with a connection
 
 
 @dataclass(frozen=True)
@@ -51,43 +63,35 @@ class Observer:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpufleet-probe")
         self._inflight: dict[Connection, Future] = {}  # probes a tick left running (the tick's thread only)
 
-    def snapshots(
-        self,
-        queues: Sequence[Queue],
-        reresolve: Callable[[Key], bool],
-        now: float,
-        failed: Callable[[Key], None],
-        waiting: Callable[[Key], None] = lambda key: None,
-    ) -> list[Snapshot]:
-        """Snapshots of `queues`. A fleet whose reads raise (an API fault) is handed to `failed`, which logs it
-        and retries it at its next poll; one whose broker's probe is still running is handed to `waiting` and
-        has no snapshot this tick; the others go on."""
+    def snapshots(self, queues: Sequence[Queue], now: float, reresolve: Collection[Key] = ()) -> Observed:
+        """Snapshots of `queues`, their brokers' Secrets read again for the fleets in `reresolve`."""
+        seen = Observed()
         resolved: dict[Key, _Resolved] = {}
         for q in queues:
-            if q.spec is not None:
-                last = self._resolved.get(q.key)
-                if last is not None and last.connection is not None and self._running(last.connection):
-                    waiting(q.key)  # not even its Secrets are read again while its broker's probe runs
-                    continue
-                try:
-                    resolved[q.key] = self._resolve(q, reresolve(q.key))
-                except Exception:
-                    failed(q.key)
+            if q.spec is None:
+                continue
+            last = self._resolved.get(q.key)
+            if last is not None and last.connection is not None and self._running(last.connection):
+                seen.waiting.add(q.key)  # not even its Secrets are read again while its broker's probe runs
+                continue
+            try:
+                resolved[q.key] = self._resolve(q, q.key in reresolve)
+            except Exception as exc:
+                seen.failed[q.key] = exc
         readings, errors, late = self._probe([q for q in queues if q.key in resolved], resolved, now)
-        for key in late:
-            waiting(key)
-        valid = [q for q in queues if q.key in resolved and q.key not in late]
-        out = []
-        for q in [q for q in queues if q.spec is None] + valid:
+        seen.waiting.update(late)
+        for q in queues:
+            if q.spec is not None and (q.key not in resolved or q.key in late):
+                continue
             try:
                 if q.spec is not None:
                     self._list_once(q.namespace)
-            except Exception:
-                failed(q.key)
+            except Exception as exc:
+                seen.failed[q.key] = exc
                 continue
             deployment, pods, gone = self.cache.fleet(q.namespace, q.name, deployment_name(q.name))
             r = resolved.get(q.key)
-            out.append(
+            seen.snapshots.append(
                 Snapshot(
                     namespace=q.namespace,
                     name=q.name,
@@ -104,7 +108,9 @@ class Observer:
                     gone=gone,
                 )  # fmt: skip
             )
-        return out
+            if r is not None and r.connection is not None:
+                seen.brokers[q.key] = Handle(self.probes.get(r.connection), r.request)
+        return seen
 
     def _resolve(self, q: Queue, reresolve: bool) -> _Resolved:
         """The broker connection, with passwords read from Secrets (kept nowhere but in the Connection)."""
@@ -192,13 +198,6 @@ class Observer:
             return {}, str(exc)
         finally:
             metrics.probe_seconds.observe(time.perf_counter() - started)
-
-    def broker(self, q: Queue) -> tuple[RedisProbe, Request] | None:
-        """The broker of a fleet probed this tick, with its request: for the writes a plan asks of it."""
-        r = self._resolved.get(q.key)
-        if r is None or r.connection is None or r.request is None:
-            return None
-        return self.probes.get(r.connection), r.request
 
     def _list_once(self, namespace: str) -> None:
         """A fleet's Deployment comes from the watch's cache. At start, before the watch's listing arrives, a

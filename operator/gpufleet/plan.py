@@ -1,5 +1,6 @@
 """The tick's decision, pure: from one Snapshot per fleet (and what each fleet carries between ticks) to a Plan
-that says everything that should be true afterwards. `apply` then writes only what the Plan names.
+that says everything that should be true afterwards. `apply` then writes only what the Plan names, and what it
+did comes back as an Outcome that `settled` turns into the state the next plan starts from.
 
 No I/O and no clock: time comes in with the snapshot, and what a fleet remembers comes in as a FleetState and
 goes out as a new one.
@@ -10,105 +11,40 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpufleet import model
 from gpufleet import status as st
 from gpufleet.budget import Claim, Share, divide
-from gpufleet.model import KARPENTER_MANAGED_COST, Observation, Pod, Snapshot
-from gpufleet.policy import Decision, History, decide, demand, seeded
-from gpufleet.resources import busy_pdb, claim_template, deployment, deployment_name
+from gpufleet.model import (
+    KARPENTER_MANAGED_COST,
+    Condition,
+    Event,
+    FleetState,
+    Gauges,
+    Observation,
+    Outcome,
+    Plan,
+    Pod,
+    PodWrite,
+    Snapshot,
+)
+from gpufleet.policy import Decision, decide, demand, seeded
+from gpufleet.resources import (
+    BUSY_DELETION_COST,
+    busy_pdb,
+    claim_template,
+    deployment,
+    deployment_name,
+    pod_metadata,
+)
 from gpufleet.scalein import changed_annotations, deletion_costs, idle_pods
 from gpufleet.spec import QueueSpec
 from gpufleet.throughput import Meter, measure, resumed
 
 MAX_BACKOFF_SECONDS = 30.0
 Key = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class FleetState:
-    """What one fleet carries from a tick to the next. Only the tick's thread holds it."""
-
-    uid: str = ""
-    generation: int | None = None  # the spec generation the tick has seen
-    next_probe: float = 0.0
-    failures: int = 0  # broker probes failed in a row
-    history: History | None = None
-    meter: Meter = field(default_factory=Meter)
-    decision: Decision | None = None
-    applied_generation: int | None = None  # the generation whose Deployment the API accepted
-    rejected: tuple[int, str] | None = None  # (generation, the API's message) of a Deployment it refused
-    warned: frozenset[str] = frozenset()  # Warning Events posted and still true, each posted once
-    written: Mapping[str, Any] = field(default_factory=dict)  # the status as last written
-    written_at: float = -math.inf  # when it was written
-    last_scale_time: str | None = None
-    planned_at: float = -math.inf  # when the fleet was last planned (not merely found at rest)
-    planned_on: tuple | None = None  # what that plan was made from: (generation, reading, Deployment)
-
-    @classmethod
-    def first(cls, uid: str, written: Mapping[str, Any]) -> FleetState:
-        """A fleet first seen (an operator start): continue from the status written before."""
-        return cls(uid=uid, written=dict(written), last_scale_time=written.get("lastScaleTime"))
-
-    def rescheduled(self, next_probe: float) -> FleetState:
-        """This state, probed next at `next_probe`: what a fleet at rest changes, at every poll of thousands of
-        fleets (`dataclasses.replace` copies field by field through __init__, several times slower)."""
-        new = object.__new__(FleetState)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["next_probe"] = next_probe
-        return new
-
-    @property
-    def reresolve(self) -> bool:
-        """Re-read the broker's Secrets before the next probe: they may have been rotated."""
-        return self.failures > 1
-
-
-@dataclass(frozen=True)
-class Gauges:
-    """The fleet's metric values after this tick."""
-
-    queues: Mapping[str, tuple[int, int]]  # queue -> (queued, reserved)
-    desired: int | None
-    replicas: int
-    busy: int | None
-    ready: int | None  # workers taking tasks (None: not known, the broker unread)
-    failing: Mapping[str, int]  # reason -> worker pods that cannot start for it
-    direction: str | None  # up, down or hold: one more decision counted; None when nothing was decided
-    limited_by: str
-    probe_failed: bool
-
-
-@dataclass(frozen=True)
-class Plan:
-    deployment: dict[str, Any] | None  # the Deployment to apply (server-side); None: nothing to write
-    annotations: Mapping[str, str]  # pod -> pod-deletion-cost, written before the Deployment
-    scale_event: Event | None  # posted once the Deployment apply went through
-    events: tuple[Event, ...]
-    status: dict[str, Any] | None  # the merge patch of the status; None when nothing changed
-    gauges: Gauges | None  # None: the metrics keep their values (a fleet at rest)
-    state: FleetState  # what the fleet carries into the next tick once this plan is written
-    pdb: dict[str, Any] | None = None  # the busy workers' PodDisruptionBudget, applied with the Deployment
-    # The ResourceClaimTemplate of a claim-based fleet, applied before the Deployment whose pods claim from it.
-    claim_template: dict[str, Any] | None = None
-    protect: Mapping[str, bool] = field(default_factory=dict)  # pod -> protect (busy) or release (idle)
-    # Workers whose messages go back to their queues: (pod, only if its entry is still expired).
-    restore: tuple[tuple[str, bool], ...] = ()
-
-    @property
-    def writes(self) -> bool:
-        """Whether applying it sends anything to the API or the broker."""
-        return bool(self.deployment or self.pdb or self.claim_template or self.status or self.events or self.protect
-                    or self.annotations or self.restore)  # fmt: skip
 
 
 # A worker idle this long loses its protection; a steady stream of short tasks keeps it protected, so the
@@ -169,6 +105,7 @@ def at_rest(snap: Snapshot, state: FleetState) -> bool:
         and state.applied_generation == snap.generation
         and state.rejected is None
         and state.failures == 0
+        and not state.restored
         and state.planned_on == (snap.generation, r, d)
         and snap.now - state.planned_at < REPLAN_SECONDS
     )
@@ -178,7 +115,7 @@ def _rest(snap: Snapshot, state: FleetState) -> Plan:
     """The plan of a fleet at rest: nothing to write; probed again at its next poll."""
     state = state.rescheduled(next_poll(snap.now, snap.spec.scaling.poll_interval_seconds, snap.uid))
     return Plan(deployment=None, annotations={}, scale_event=None, events=(), status=None, gauges=None,
-                state=state)  # fmt: skip
+                state=state, at_rest=True)  # fmt: skip
 
 
 def next_poll(now: float, poll: float, uid: str) -> float:
@@ -206,6 +143,8 @@ class _Prepared:
 
 def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
     spec = snap.spec
+    if state.meter is None:
+        state = replace(state, meter=Meter())
     if spec is None:
         # Nothing to probe until the spec changes (a new generation makes the fleet due again).
         return _Prepared(snap, replace(state, next_probe=math.inf), None)
@@ -255,7 +194,7 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
 
 def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     snap, state, spec = p.snap, p.state, p.snap.spec
-    stamp = st.rfc3339(snap.now)
+    stamp = model.rfc3339(snap.now)
     decision = None
     if p.obs is not None:
         decision = decide(spec.scaling, replace(p.obs, budget=share.pods if share else None), state.history)
@@ -284,6 +223,7 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     failing = _failing(snap)
     conditions = _conditions(snap, decision, rejected, failing)
     events, warned = _events(snap, conditions, state)
+    events += _restored(state)
     rendered = st.render(conditions, state.written.get("conditions") or [], stamp)
     last_scale = stamp if scale_event else state.last_scale_time
     throughput = state.meter.rate if spec and spec.scaling.drain_within_seconds else None
@@ -316,20 +256,58 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
         last_scale_time=last_scale,
         planned_at=snap.now,
         planned_on=(snap.generation, snap.reading, snap.deployment),
+        restored=(),
     )
+    protect = _protection(snap) if spec is not None else {}
     return Plan(
         deployment=body,
         pdb=pdb,
         claim_template=template,
-        protect=_protection(snap) if spec is not None else {},
+        protect=protect,
+        pods=_pod_writes(protect, annotations),
         restore=_orphans(snap),
         annotations=annotations,
         scale_event=scale_event,
         events=events,
         status=patch,
-        gauges=_gauges(snap, decision, current, failing),
+        gauges=_gauges(snap, decision, current, failing, state.written),
         state=new_state,
     )
+
+
+def settled(before: FleetState, plan: Plan, outcome: Outcome) -> FleetState:
+    """What a fleet carries into the next tick once `apply` wrote `plan` (`before`: what it carried into this
+    one). A refused Deployment undoes the whole plan: the fleet is planned again at once, knowing the refusal,
+    which it then shows (DeploymentRejected) until its spec changes. Tasks put back are told by the next plan,
+    made at once."""
+    if outcome.failed is not None:  # not all was written: the fleet is planned again from where it was
+        return replace(before, restored=before.restored + outcome.restored)
+    if outcome.rejected is not None:
+        return replace(before, rejected=(before.generation, outcome.rejected), applied_generation=None,
+                       next_probe=0.0, restored=before.restored + outcome.restored)  # fmt: skip
+    if outcome.restored:  # planned again at once: its Event follows within a tick
+        return replace(plan.state, restored=outcome.restored, next_probe=0.0)
+    return plan.state
+
+
+def _restored(state: FleetState) -> tuple[Event, ...]:
+    return tuple(
+        Event("Normal", "TasksRestored",
+              f"put back {n} task(s) held by worker {pod}, which is gone; they run again on another worker")
+        for pod, n in state.restored
+    )  # fmt: skip
+
+
+def _pod_writes(protect: Mapping[str, bool], annotations: Mapping[str, str]) -> dict[str, PodWrite]:
+    """Each pod's metadata patch, pods in name order, and what the cache then knows of it: a protected pod's
+    deletion cost is the busy one unless a scale-in named another."""
+    out = {}
+    for pod in sorted(set(protect) | set(annotations)):
+        on, cost = protect.get(pod), annotations.get(pod)
+        known: dict = {"protected": on} if on is not None else {}
+        known["deletion_cost"] = cost or (BUSY_DELETION_COST if on else None)
+        out[pod] = PodWrite(pod_metadata(on, cost), known)
+    return out
 
 
 def _orphans(snap: Snapshot) -> tuple[tuple[str, bool], ...]:
@@ -432,51 +410,47 @@ def _failing_message(snap: Snapshot, failing: list[tuple[str, list[str]]]) -> st
 
 def _conditions(
     snap: Snapshot, decision: Decision | None, rejected, failing: list[tuple[str, list[str]]]
-) -> list[st.Condition]:
+) -> list[Condition]:
     """Every condition, derived afresh from this tick's snapshot and decision."""
     problem = _problem(snap, rejected, failing)
     if snap.spec is None:
-        broker = st.Condition(
-            st.BROKER_REACHABLE, None, "NotProbed", "the spec is invalid; nothing is probed"
-        )
+        broker = Condition(st.BROKER_REACHABLE, None, "NotProbed", "the spec is invalid; nothing is probed")
     elif snap.reading is not None:
-        broker = st.Condition(st.BROKER_REACHABLE, True, "Probed", "the broker answered the last probe")
+        broker = Condition(st.BROKER_REACHABLE, True, "Probed", "the broker answered the last probe")
     elif snap.broker_error is not None:
         reason = snap.secret_problem[0] if snap.secret_problem else "ConnectionFailed"
-        broker = st.Condition(st.BROKER_REACHABLE, False, reason, snap.broker_error)
+        broker = Condition(st.BROKER_REACHABLE, False, reason, snap.broker_error)
     else:
-        broker = st.Condition(
-            st.BROKER_REACHABLE, None, "NotProbed", "the worker Deployment is being applied"
-        )
+        broker = Condition(st.BROKER_REACHABLE, None, "NotProbed", "the worker Deployment is being applied")
     if problem is not None:
-        ready = st.Condition(st.READY, False, *problem, generation=snap.generation)
+        ready = Condition(st.READY, False, *problem, generation=snap.generation)
     elif broker.status is False:
-        ready = st.Condition(st.READY, False, "BrokerUnreachable", "the broker cannot be read; replicas are held",
+        ready = Condition(st.READY, False, "BrokerUnreachable", "the broker cannot be read; replicas are held",
                              generation=snap.generation)  # fmt: skip
     else:
-        ready = st.Condition(st.READY, True, "Scaling", "the worker Deployment is applied and scaled from the broker",
+        ready = Condition(st.READY, True, "Scaling", "the worker Deployment is applied and scaled from the broker",
                              generation=snap.generation)  # fmt: skip
     out = [broker, ready]
     if snap.spec is not None:
         if any(pod.cost_contested for pod in snap.pods.values()):
-            out.append(st.Condition(st.SCALE_IN_PROTECTED, False, "DeletionCostContested",
+            out.append(Condition(st.SCALE_IN_PROTECTED, False, "DeletionCostContested",
                                     f"another controller manages the pod-deletion-cost of this fleet's pods "
                                     f"({KARPENTER_MANAGED_COST}: Karpenter's PodDeletionCostManagement), so a "
                                     "scale-in may remove busy workers; turn that feature off for these pods"))  # fmt: skip
         else:
-            out.append(st.Condition(st.SCALE_IN_PROTECTED, True, "Protected",
+            out.append(Condition(st.SCALE_IN_PROTECTED, True, "Protected",
                                     "busy workers are kept from eviction (busy PodDisruptionBudget) and node "
                                     "consolidation, and a scale-in removes idle workers first"))  # fmt: skip
         if failing:
-            out.append(st.Condition(st.WORKERS_FAILING, True, failing[0][0], _failing_message(snap, failing)))
+            out.append(Condition(st.WORKERS_FAILING, True, failing[0][0], _failing_message(snap, failing)))
         else:
             out.append(
-                st.Condition(st.WORKERS_FAILING, False, "NoneFailing", "no worker pod is failing to start")
+                Condition(st.WORKERS_FAILING, False, "NoneFailing", "no worker pod is failing to start")
             )
     if decision is not None:
         limited = decision.limited_by
         out.append(
-            st.Condition(
+            Condition(
                 st.SCALING_LIMITED,
                 limited is not None,
                 st.camel(limited) if limited else "WithinLimits",
@@ -491,7 +465,7 @@ def _conditions(
 _EPISODES = ("BrokerUnreachable", "PodsNotCreated")
 
 
-def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetState) -> tuple[tuple, frozenset]:
+def _events(snap: Snapshot, conditions: Iterable[Condition], state: FleetState) -> tuple[tuple, frozenset]:
     """The Events this tick should post, and the Warnings that then stand posted."""
     by_type = {c.type: c for c in conditions}
     broker, ready = by_type[st.BROKER_REACHABLE], by_type[st.READY]
@@ -535,9 +509,14 @@ def _events(snap: Snapshot, conditions: Iterable[st.Condition], state: FleetStat
 
 
 def _gauges(
-    snap: Snapshot, decision: Decision | None, current: int | None, failing: list[tuple[str, list[str]]]
+    snap: Snapshot,
+    decision: Decision | None,
+    current: int | None,
+    failing: list[tuple[str, list[str]]],
+    written: Mapping[str, Any],
 ) -> Gauges:
     reading = snap.reading
+    queues = snap.spec.queues if snap.spec else ()
     direction = None
     if decision is not None and current is not None:
         direction = "up" if decision.replicas > current else "down" if decision.replicas < current else "hold"
@@ -551,4 +530,5 @@ def _gauges(
         direction=direction,
         limited_by=(decision.limited_by if decision else None) or "none",
         probe_failed=snap.spec is not None and snap.deployment is not None and reading is None,
+        dropped=tuple(q for q in written.get("queues") or () if q not in queues),
     )

@@ -6,12 +6,19 @@ from typing import Any
 
 from gpufleet import claims
 from gpufleet.crd import GROUP, KIND, VERSION
-from gpufleet.model import BUSY_LABEL, DELETION_COST
+from gpufleet.model import (
+    BUSY_LABEL,
+    DELETION_COST,
+    DO_NOT_DISRUPT,
+    FLEET_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SAFE_TO_EVICT,
+)
 from gpufleet.spec import QueueSpec, SentinelSpec
 from gpufleet_worker import contract
+from gpufleet_worker.contract import Env as E
 
-MANAGED_BY = "gpufleet"
-FLEET_LABEL = "gpufleet.dev/fleet"
 CA_MOUNT = "/etc/gpufleet/broker-ca"
 
 
@@ -28,7 +35,7 @@ def labels(name: str) -> dict[str, str]:
         **selector_labels(name),
         "app.kubernetes.io/name": "gpufleet-worker",
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
     }
 
 
@@ -56,11 +63,11 @@ def sentinel_url(sentinel: SentinelSpec) -> str:
 
 def sentinel_env(sentinel: SentinelSpec) -> list[dict[str, Any]]:
     env = [
-        {"name": "GPUFLEET_BROKER_URL", "value": sentinel_url(sentinel)},
-        {"name": "GPUFLEET_BROKER_SENTINEL_MASTER", "value": sentinel.master_name},
+        {"name": E.BROKER_URL, "value": sentinel_url(sentinel)},
+        {"name": E.BROKER_SENTINEL_MASTER, "value": sentinel.master_name},
     ]
     if sentinel.password_secret_ref:
-        env.append(_secret_env("GPUFLEET_BROKER_SENTINEL_PASSWORD", sentinel.password_secret_ref))
+        env.append(_secret_env(E.BROKER_SENTINEL_PASSWORD, sentinel.password_secret_ref))
     return env
 
 
@@ -68,39 +75,40 @@ def worker_env(spec: QueueSpec, namespace: str, name: str) -> list[dict[str, Any
     """The environment of docs/worker-contract.md, then the user's own variables (which may override)."""
     b, w = spec.broker, spec.worker
     env: list[dict[str, Any]] = [
-        {"name": "GPUFLEET_FLEET", "value": f"{namespace}/{name}"},
-        {"name": "GPUFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": E.FLEET, "value": f"{namespace}/{name}"},
+        {"name": E.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     if b.sentinel:
         env += sentinel_env(b.sentinel)
     elif b.url_secret_ref:
-        env.append(_secret_env("GPUFLEET_BROKER_URL", b.url_secret_ref))
+        env.append(_secret_env(E.BROKER_URL, b.url_secret_ref))
     else:
-        env.append({"name": "GPUFLEET_BROKER_URL", "value": b.url})
+        env.append({"name": E.BROKER_URL, "value": b.url})
     if b.password_secret_ref:
-        env.append(_secret_env("GPUFLEET_BROKER_PASSWORD", b.password_secret_ref))
+        env.append(_secret_env(E.BROKER_PASSWORD, b.password_secret_ref))
     if b.database is not None:
-        env.append({"name": "GPUFLEET_BROKER_DB", "value": str(b.database)})
+        env.append({"name": E.BROKER_DB, "value": str(b.database)})
     if b.tls.enabled and b.tls.insecure_skip_verify:
-        env.append({"name": "GPUFLEET_BROKER_TLS_INSECURE", "value": "1"})
+        env.append({"name": E.BROKER_TLS_INSECURE, "value": "1"})
     if b.tls.enabled and b.tls.ca_secret_ref:
-        env.append({"name": "GPUFLEET_BROKER_TLS_CA_FILE", "value": f"{CA_MOUNT}/ca.crt"})
+        env.append({"name": E.BROKER_TLS_CA_FILE, "value": f"{CA_MOUNT}/ca.crt"})
     env += [
-        {"name": "GPUFLEET_GLOBAL_KEYPREFIX", "value": b.global_keyprefix},
-        {"name": "GPUFLEET_PRIORITY_STEPS", "value": ",".join(str(s) for s in b.priority_steps)},
-        {"name": "GPUFLEET_PRIORITY_SEP", "value": b.separator},
-        {"name": "GPUFLEET_QUEUES", "value": ",".join(spec.queues)},
-        {"name": "GPUFLEET_POOL", "value": w.pool},
-        {"name": "GPUFLEET_CONCURRENCY", "value": str(w.slots)},
-        {"name": "GPUFLEET_VISIBILITY_TIMEOUT", "value": str(w.visibility_timeout_seconds)},
-        {"name": "GPUFLEET_TASK_TIME_LIMIT", "value": str(w.task_time_limit_seconds)},
-        {"name": "GPUFLEET_HEARTBEAT_FILE", "value": contract.HEARTBEAT_FILE},
-        {"name": "GPUFLEET_GPUS", "value": str(w.gpus_per_pod)},
-        {"name": "CUPY_CACHE_DIR", "value": "/tmp/cupy"},  # the root filesystem is read-only
-        {"name": "GPUFLEET_STATE_INTERVAL", "value": f"{contract.STATE_INTERVAL_SECONDS:g}"},
+        {"name": E.GLOBAL_KEYPREFIX, "value": b.global_keyprefix},
+        {"name": E.PRIORITY_STEPS, "value": ",".join(str(s) for s in b.priority_steps)},
+        {"name": E.PRIORITY_SEP, "value": b.separator},
+        {"name": E.UNACKED_KEY, "value": b.unacked_key},
+        {"name": E.QUEUES, "value": ",".join(spec.queues)},
+        {"name": E.POOL, "value": w.pool},
+        {"name": E.CONCURRENCY, "value": str(w.slots)},
+        {"name": E.VISIBILITY_TIMEOUT, "value": str(w.visibility_timeout_seconds)},
+        {"name": E.TASK_TIME_LIMIT, "value": str(w.task_time_limit_seconds)},
+        {"name": E.HEARTBEAT_FILE, "value": contract.HEARTBEAT_FILE},
+        {"name": E.GPUS, "value": str(w.gpus_per_pod)},
+        {"name": contract.CUPY_CACHE_DIR[0], "value": contract.CUPY_CACHE_DIR[1]},
+        {"name": E.STATE_INTERVAL, "value": f"{contract.STATE_INTERVAL_SECONDS:g}"},
     ]
     if w.gpus_per_pod > 0 and w.require_gpu:
-        env.append({"name": "GPUFLEET_REQUIRE_GPU", "value": "1"})
+        env.append({"name": E.REQUIRE_GPU, "value": "1"})
     overridden = {var["name"] for var in w.env}
     return [var for var in env if var["name"] not in overridden] + [dict(var) for var in w.env]
 
@@ -153,7 +161,7 @@ def deployment(spec: QueueSpec, *, namespace: str, name: str, uid: str, replicas
         "args": args,
         "env": worker_env(spec, namespace, name),
         "resources": _resources(spec),
-        "volumeMounts": [{"name": "gpufleet-run", "mountPath": "/tmp/gpufleet"}],
+        "volumeMounts": [{"name": "gpufleet-run", "mountPath": contract.RUN_DIR}],
         # A worker that exits with an error leaves its log's last lines as its termination message: the queue's
         # condition quotes them (a celeryApp that does not import says why).
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -284,10 +292,7 @@ def claim_template(spec: QueueSpec, *, namespace: str, name: str, uid: str) -> d
 
 
 # What the cluster autoscaler and Karpenter honour: a node with such a pod is not scaled down or consolidated.
-PROTECTION = {
-    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
-    "karpenter.sh/do-not-disrupt": "true",
-}
+PROTECTION = {SAFE_TO_EVICT: "false", DO_NOT_DISRUPT: "true"}
 BUSY_DELETION_COST = (
     "1000"  # above any idle pod's (which carry none, or a negative one): a rollout takes idle first
 )

@@ -51,9 +51,9 @@ class BrokerSpec:
     database: int | None = None
     tls: TLSSpec = TLSSpec()
     global_keyprefix: str = ""
-    priority_steps: tuple[int, ...] = (0, 3, 6, 9)
+    priority_steps: tuple[int, ...] = contract.KOMBU_PRIORITY_STEPS
     separator: str = contract.KOMBU_SEP
-    unacked_key: str = "unacked"
+    unacked_key: str = contract.UNACKED_KEY
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,11 @@ status body, and the merge patch that writes only what changed."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from gpufleet.budget import Share
-from gpufleet.model import Deployment, Pod, Reading
+from gpufleet.model import Condition, Deployment, Pod, Reading
 from gpufleet.policy import Decision
 from gpufleet.scalein import idle_pods
 
@@ -18,23 +16,6 @@ READY = "Ready"
 SCALING_LIMITED = "ScalingLimited"
 SCALE_IN_PROTECTED = "ScaleInProtected"
 WORKERS_FAILING = "WorkersFailing"
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: bool | None  # None: Unknown
-    reason: str
-    message: str
-    generation: int | None = None  # set on Ready: the spec generation it speaks of
-
-    @property
-    def value(self) -> str:
-        return "Unknown" if self.status is None else "True" if self.status else "False"
-
-
-def rfc3339(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render(conditions: Sequence[Condition], previous: Sequence[Mapping[str, Any]], stamp: str) -> list[dict]:

@@ -17,7 +17,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 import providers
-from fleet import Kubectl, Operator, apply_crd
+from fleet import Operator, apply_crd
+from support import Kubectl
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
         if HERE not in Path(str(item.path)).resolve().parents:
             continue
         item.add_marker(pytest.mark.cluster)
-        if provider == "local" and item.get_closest_marker("kind"):
+        if not providers.CAPABILITIES[provider].runs_containers and item.get_closest_marker("kind"):
             item.add_marker(pytest.mark.skip(reason=KIND_ONLY))
         if provider != "kind":
             continue

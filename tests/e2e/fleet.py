@@ -7,10 +7,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -18,30 +15,11 @@ import yaml
 from celery import Celery
 
 from gpufleet_worker.app import configure
+from support import Kubectl, crd_established, wait_for
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CRD = ROOT / "charts" / "gpufleet" / "files" / "gputaskqueues.crd.yaml"
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], Any],
-    timeout: float = 90.0,
-    every: float = 0.2,
-    show: Callable[[], Any] | None = None,
-) -> Any:
-    """Poll until `check()` is truthy; fail naming `what` and the last value seen (or what `show()` then
-    returns, when the check itself answers only yes or no)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    seen = show() if show is not None else last
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {seen!r}")
 
 
 class Operator:
@@ -93,14 +71,15 @@ class Operator:
             pytest.fail(f"the operator logged a traceback:\n{log[at : at + 4000]}")
 
 
-def queue_manifest(name: str, redis_url: str, queues: list[str], *, scaling: dict | None = None, worker: dict | None = None,
-                   broker: dict | None = None) -> str:  # fmt: skip
+def queue_manifest(name: str, redis_url: str | None, queues: list[str], *, scaling: dict | None = None,
+                   worker: dict | None = None, broker: dict | None = None) -> str:  # fmt: skip
+    """A GpuTaskQueue of the e2e worker image on the process pods; `redis_url` None: `broker` says where."""
     body = {
         "apiVersion": "gpufleet.dev/v1alpha1",
         "kind": "GpuTaskQueue",
         "metadata": {"name": name},
         "spec": {
-            "broker": {"url": redis_url, **(broker or {})},
+            "broker": {**({"url": redis_url} if redis_url else {}), **(broker or {})},
             "queues": queues,
             "worker": {
                 "image": "gpufleet-worker:e2e",
@@ -166,54 +145,8 @@ class Tasks:
         self.app.close()
 
 
-class Kubectl:
-    """kubectl against the test cluster, with JSON reads."""
-
-    def __init__(self, binary: str, env: dict[str, str], namespace: str | None = None) -> None:
-        self.binary, self.env, self.namespace = binary, env, namespace
-
-    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        ns = ["--namespace", self.namespace] if self.namespace else []
-        out = subprocess.run(
-            [self.binary, *ns, *args], env=self.env, input=stdin, capture_output=True, text=True, timeout=120
-        )
-        if check and out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
-        return out
-
-    def apply(self, manifest: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("apply", "-f", "-", stdin=manifest, check=check)
-
-    def get(self, kind: str, name: str | None = None) -> Any:
-        out = self.run("get", kind, *([name] if name else []), "-o", "json", check=False)
-        return json.loads(out.stdout) if out.returncode == 0 else None
-
-    def replicas(self, deployment: str) -> int | None:
-        dep = self.get("deployment", deployment)
-        return None if dep is None else dep["spec"]["replicas"]
-
-    def status(self, gtq: str) -> dict:
-        obj = self.get("gtq", gtq)
-        return (obj or {}).get("status") or {}
-
-    def condition(self, gtq: str, type_: str) -> dict:
-        return next((c for c in self.status(gtq).get("conditions", []) if c["type"] == type_), {})
-
-    def events(self, name: str) -> list[dict]:
-        items = (self.get("events") or {}).get("items", [])
-        return [e for e in items if e["involvedObject"].get("name") == name]
-
-    def pods(self, selector: str) -> list[dict]:
-        return json.loads(self.run("get", "pods", "-l", selector, "-o", "json").stdout)["items"]
-
-
 def apply_crd(env: dict[str, str]) -> None:
     """Apply the GpuTaskQueue CRD and wait until it is established."""
     kubectl = Kubectl("kubectl", dict(env))
     kubectl.run("apply", "-f", str(CRD))
-    # Not `kubectl wait`: it fails outright while a new CRD has no status.conditions yet.
-    wait_for("the CRD established", lambda: any(
-        c["type"] == "Established" and c["status"] == "True"
-        # A new CRD's status may carry `conditions: null` before the first one.
-        for c in (kubectl.get("crd", "gputaskqueues.gpufleet.dev").get("status") or {}).get("conditions") or []
-    ))  # fmt: skip
+    wait_for("the CRD established", lambda: crd_established(kubectl))

@@ -22,7 +22,7 @@ import redis
 import yaml
 from kubernetes import client
 
-from fleet import Kubectl, wait_for
+from support import Kubectl, wait_for
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "gpufleet"
 RESTRICTED = {

@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from gpufleet_tools.devcluster.binaries import REPO, BinariesMissing, bin_dir
 from gpufleet_tools.devcluster.cluster import DevCluster, GpuNodes, process_env
 from gpufleet_tools.devcluster.controlplane import kwok
 from gpufleet_tools.devcluster.podrunner import PodRunner
+from support.kube import Kubectl, run
 
 KIND_CONFIG = Path(__file__).with_name("kind-config.yaml")
 # GPUFLEET_KIND_NAME: another name lets two kind sessions run side by side on one machine.
@@ -48,6 +50,28 @@ KIND_NAME = os.environ.get("GPUFLEET_KIND_NAME", "gpufleet-e2e")
 IMAGES = {"operator": "gpufleet-operator:e2e", "worker": "gpufleet-worker:e2e"}
 DEFAULT_POOL = {"gpufleet.dev/pool": "default"}
 GPU = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider's cluster can do: a test asks for what it needs (`cluster.require`), never for a name."""
+
+    runs_containers: bool  # pods are containers on real nodes (probes, signals, security contexts)
+    loopback_reachable: bool  # pods reach this machine's loopback (a Redis, an operator process started here)
+    can_add_nodes: bool  # a test may add fake GPU nodes (kwok) of its own
+    has_project_images: bool  # the project's images are built and loaded into its nodes
+    started_here: bool  # this session made the cluster (and removes it): cluster-wide changes are safe
+
+
+CAPABILITIES = {
+    "local": Capabilities(runs_containers=False, loopback_reachable=True, can_add_nodes=True,
+                          has_project_images=False, started_here=True),
+    "kind": Capabilities(runs_containers=True, loopback_reachable=False, can_add_nodes=False,
+                         has_project_images=True, started_here=True),
+    # Someone else's cluster: kwok's fake nodes and the process-pod runner are started against it from here.
+    "existing": Capabilities(runs_containers=True, loopback_reachable=True, can_add_nodes=True,
+                             has_project_images=False, started_here=False),
+}  # fmt: skip
 
 
 class Cluster:
@@ -61,7 +85,7 @@ class Cluster:
                  uses it is skipped on kind, where pods are containers
     images       the image names to put in manifests: operator, worker (and on kind: tools, a Debian image with
                  redis-server and curl)
-    provider     "local", "kind" or "existing"
+    provider     "local", "kind" or "existing": for messages; tests ask `can` (its Capabilities) or `require()`
     node_ips     (kind) the nodes' addresses, which this machine reaches: a NodePort answers on each
     """
 
@@ -78,6 +102,7 @@ class Cluster:
         images: dict[str, str] | None = None,
     ):
         self.provider = provider
+        self.can = CAPABILITIES[provider]
         self.kubeconfig = kubeconfig
         self.bin_dir = bin_dir
         self.api = api
@@ -93,28 +118,22 @@ class Cluster:
         self._logs = logs
         self._close = close
 
-    def _run(self, program: str, args, stdin: str | None, check: bool, timeout: float):
-        done = subprocess.run(
-            [str(self.bin_dir / program), *map(str, args)],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"{program} {' '.join(map(str, args))} exited {done.returncode}:\n{done.stderr}"
+    def require(self, capability: str, why: str) -> None:
+        """Skip the test unless this cluster has `capability` (a field of Capabilities); `why` says what needs it."""
+        if not getattr(self.can, capability):
+            pytest.skip(
+                f"{why}: needs {capability.replace('_', ' ')}, which the {self.provider} cluster lacks"
             )
-        return done
 
     def kubectl(self, *args, stdin: str | None = None, check: bool = True, timeout: float = 120):
         """Run the built kubectl against this cluster, `stdin` fed to it; returns the CompletedProcess (text).
         With `check`, a non-zero exit fails the test with kubectl's stderr."""
-        return self._run("kubectl", args, stdin, check, timeout)
+        return run(
+            str(self.bin_dir / "kubectl"), *args, env=self.env, stdin=stdin, check=check, timeout=timeout
+        )
 
     def helm(self, *args, stdin: str | None = None, check: bool = True, timeout: float = 300):
-        return self._run("helm", args, stdin, check, timeout)
+        return run(str(self.bin_dir / "helm"), *args, env=self.env, stdin=stdin, check=check, timeout=timeout)
 
     @property
     def runner(self) -> PodRunner:
@@ -128,10 +147,7 @@ class Cluster:
     def add_gpu_node(self, name: str | None = None, **options) -> str:
         """Add a fake GPU node and wait until it is Ready; options as gpufleet_tools.devcluster.nodes.gpu_node
         (gpus, resource, product, labels, taint, cpu, memory, pods). Returns its name."""
-        if self.nodes is None:
-            pytest.skip(
-                f"adds kwok GPU nodes of its own: {self.provider}'s nodes are real, this runs on the local provider"
-            )
+        self.require("can_add_nodes", "adds kwok GPU nodes of its own")
         return self.nodes.add(name, **options)
 
     def remove_node(self, name: str, *, drain: bool = True) -> None:
@@ -371,10 +387,10 @@ def kind() -> Cluster:
     kubeconfig = directory / "kubeconfig"
     gpus = int(os.environ.get("GPUFLEET_E2E_GPUS_PER_NODE", "2"))
 
-    def kubectl(*args: str, stdin: str | None = None) -> str:
-        return _run(
-            str(binaries / "kubectl"), "--kubeconfig", str(kubeconfig), *args, stdin=stdin, timeout=120
-        )
+    kube = Kubectl(str(binaries / "kubectl"), {**os.environ, "KUBECONFIG": str(kubeconfig)})
+
+    def kubectl(*args: str) -> str:
+        return kube.run(*args).stdout
 
     def delete() -> None:
         subprocess.run([program, "delete", "cluster", "--name", KIND_NAME], capture_output=True, timeout=300)
@@ -389,8 +405,7 @@ def kind() -> Cluster:
 
     def logs(lines: int) -> dict[str, str]:
         parts = {"pods": kubectl("get", "pods", "-A", "-o", "wide")}
-        events = subprocess.run([str(binaries / "kubectl"), "--kubeconfig", str(kubeconfig), "get", "events", "-A",
-                                 "--sort-by=.lastTimestamp"], capture_output=True, text=True)  # fmt: skip
+        events = kube.run("get", "events", "-A", "--sort-by=.lastTimestamp", check=False)
         parts["events"] = "\n".join(events.stdout.splitlines()[-lines:])
         # Every gpufleet operator's own log: what it decided, and why.
         operators = json.loads(
@@ -398,8 +413,7 @@ def kind() -> Cluster:
         )
         for pod in operators["items"]:
             namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-            log = subprocess.run([str(binaries / "kubectl"), "--kubeconfig", str(kubeconfig), "logs", "-n", namespace,
-                                  name, f"--tail={lines * 5}"], capture_output=True, text=True)  # fmt: skip
+            log = kube.run("logs", "-n", namespace, name, f"--tail={lines * 5}", check=False)
             parts[f"operator {namespace}/{name}"] = log.stdout + log.stderr
         for node in node_names:
             journal = subprocess.run(["docker", "exec", node, "journalctl", "-u", "kubelet", "-u", "containerd",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import stat
 import time
 import urllib.request
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import wait_for
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -30,12 +29,6 @@ CRD = "customresourcedefinition/gputaskqueues.gpufleet.dev"
 OPERATOR = "app.kubernetes.io/name=gpufleet,app.kubernetes.io/component=operator"
 # Not a bare "403": log timestamps carry milliseconds.
 FORBIDDEN = ("(403)", "Forbidden", "forbidden", "Not enough permissions")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str) -> str | None:
@@ -425,8 +418,7 @@ def test_helm_namespaced_rbac_serves_only_its_namespaces(cluster, release, names
 @pytest.mark.kind
 def test_helm_test_hook(cluster, namespace):
     """`helm test` runs its pod: only where pods run containers (kind, a real cluster), not on kwok nodes."""
-    if cluster.provider == "local":
-        pytest.skip("the local control plane runs no containers: helm test needs kind or a real cluster")
+    cluster.require("runs_containers", "helm test runs the chart's test pod")
     repository, _, tag = cluster.images["operator"].rpartition(":")
     name = f"gf-{uuid.uuid4().hex[:6]}"
     adopt_crd(cluster, name, namespace)
@@ -467,10 +459,7 @@ def test_helm_test_hook(cluster, namespace):
 @pytest.fixture
 def manifests_install(cluster, tmp_path):
     """manifests/ applied as a user would; the image's tini is played by a shim that runs what follows `--`."""
-    if cluster.provider == "existing":
-        pytest.skip(
-            "applies manifests/ to the gpufleet-system namespace: only on a cluster this session started"
-        )
+    cluster.require("started_here", "applies manifests/ to the gpufleet-system namespace")
     if http_get("http://127.0.0.1:8081/healthz") is not None:
         pytest.skip("port 8081, the operator's liveness port in manifests/, is taken on this machine")
     shim = tmp_path / "bin" / "tini"

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from support import wait_for as _wait_for
+
 GPU = "nvidia.com/gpu"
 PROCESS_LABELS = {"app.kubernetes.io/managed-by": "gpufleet"}  # selected by the runner's default selectors
 
@@ -42,14 +44,8 @@ while True:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {value!r}")
-        time.sleep(0.1)
+    """The shared wait, with this file's longer default: control plane processes start cold."""
+    return _wait_for(what, check, timeout)
 
 
 def get(cluster, *args: str) -> Any:

@@ -20,8 +20,9 @@ import pytest
 
 import providers
 from chaos import BlackholeProxy, ChaosTasks, PersistentRedis, probe_figures, probe_seconds
-from fleet import Operator, apply_crd, queue_manifest, wait_for
-from redis_server import RedisServer, free_port
+from fleet import Operator, apply_crd, queue_manifest
+from redis_server import RedisServer
+from support import free_port, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 

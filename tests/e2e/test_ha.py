@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -18,19 +17,14 @@ import urllib.request
 import pytest
 from kubernetes import client, watch
 
-from fleet import Operator, Tasks, queue_manifest, wait_for
+from fleet import Operator, Tasks, queue_manifest
+from support import free_port, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 LEASE = "gpufleet-ha"
 DURATION, RETRY = 15.0, 2.0  # leader.Timing's defaults
 MAX = 8  # the fleet's maxReplicas (on 4 GPUs: 4 pods run, the others wait Pending, which is fine here)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Replica:

@@ -16,7 +16,6 @@ from test_chart import (
     adopt_crd,
     as_its_service_account,
     can_i,
-    free_port,
     objects,
     operator_log,
     queue,
@@ -24,7 +23,7 @@ from test_chart import (
     restricted,
 )
 
-from fleet import wait_for
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 

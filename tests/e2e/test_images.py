@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 
 from docker_engine import NON_ROOT, Container, docker, require_image
-from fleet import queue_manifest, wait_for
-from redis_server import free_port
+from fleet import queue_manifest
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.images
 

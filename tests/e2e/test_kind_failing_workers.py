@@ -17,8 +17,9 @@ import redis
 import yaml
 
 import providers
-from fleet import Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest
 from kindfleet import installed, worker
+from support import wait_for
 
 pytestmark = pytest.mark.kind
 FIRST_TASKS, MORE_TASKS = 1, 6
@@ -31,8 +32,10 @@ CAUSES = {"badimage": "ImagePullFailed", "badapp": "CrashLoopBackOff", "nosecret
 
 @pytest.fixture(scope="module")
 def gpufleet(cluster, crd):
-    if cluster.provider != "kind":
-        pytest.skip("needs real containers: images pulled, apps that crash, Secrets the kubelet reads")
+    cluster.require(
+        "has_project_images",
+        "needs real containers: images pulled, apps that crash, Secrets the kubelet reads",
+    )
     with installed(cluster, "kind-failing") as install:
         yield install
 

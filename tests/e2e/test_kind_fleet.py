@@ -20,16 +20,16 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from fleet import Kubectl, Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest
 from kindfleet import Install, installed, pods, poll, running, worker
+from support import Kubectl, wait_for
 
 pytestmark = pytest.mark.kind
 GPU = "nvidia.com/gpu"
 
 
 def on_kind(cluster) -> None:
-    if cluster.provider != "kind":
-        pytest.skip("builds on what the kind provider loads (the e2e images, fake GPUs on real nodes)")
+    cluster.require("has_project_images", "runs the e2e images on real nodes with fake GPUs")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import Kubectl, wait_for
 from kindfleet import UNHEALTHY, Install, assert_enforces_restricted, restricted_namespace
+from support import Kubectl, wait_for
 
 pytestmark = pytest.mark.kind
 
@@ -24,8 +24,7 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 @pytest.fixture(autouse=True)
 def _on_kind(cluster):
-    if cluster.provider != "kind":
-        pytest.skip("builds on what the kind provider loads (the operator and tools images)")
+    cluster.require("has_project_images", "runs the operator and tools images")
 
 
 def notes_queue(helm_output: str) -> dict:

@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 import providers
-from fleet import ROOT, wait_for
+from fleet import ROOT
 from kindfleet import Install, pods, restricted_namespace
+from support import wait_for
 
 pytestmark = pytest.mark.kind
 
@@ -45,8 +46,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 @pytest.fixture(scope="module")
 def image(cluster):
-    if cluster.provider != "kind":
-        pytest.skip("builds an image and loads it into kind's nodes")
+    cluster.require(
+        "has_project_images", "builds an image on the project's worker image and loads it into the nodes"
+    )
     started = time.monotonic()
     base = providers.SOURCE_IMAGES["worker"]
     run("docker", "build", "-q", "-t", IMAGE, "--build-arg", f"WORKER_IMAGE={base}", str(EXAMPLE))

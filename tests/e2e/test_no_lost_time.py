@@ -17,7 +17,8 @@ import redis
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fleet import Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 BUSY = "gpufleet.dev/busy"
@@ -65,7 +66,8 @@ def test_a_killed_workers_task_runs_again_as_soon_as_its_pod_is_gone(
     again = wait_for("the task started again on the other worker",
                      lambda: [r for r in tasks.runs() if r["marker"] == "long0" and r["pod"] != pod], timeout=60)  # fmt: skip
     print(f"the killed worker's task started again {again[0]['start'] - killed:.2f} s after the SIGKILL")
-    assert any(e["reason"] == "TasksRestored" and pod in e["message"] for e in kubectl.events("killed"))
+    wait_for("the TasksRestored Event", lambda: any(e["reason"] == "TasksRestored" and pod in e["message"]
+                                                     for e in kubectl.events("killed")), timeout=10)  # fmt: skip
     wait_for("the task done", tasks.all_done, timeout=60)
     assert [r["marker"] for r in tasks.runs()] == ["long0", "long0"] and tasks.done() == ["long0"]
 

@@ -10,7 +10,8 @@ import time
 import pytest
 import redis
 
-from fleet import Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,9 +10,10 @@ import json
 import pytest
 import yaml
 
-from fleet import queue_manifest, wait_for
+from fleet import queue_manifest
 from gpufleet.resources import deployment
 from gpufleet.spec import parse_spec
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 CHART = "charts/gpufleet"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import Operator, Tasks, queue_manifest, wait_for
+from fleet import Operator, Tasks, queue_manifest
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,13 +10,13 @@ import threading
 import time
 
 import pytest
-import yaml
 from celery import Celery
 from kubernetes import client
 
-from fleet import HERE, wait_for
+from fleet import queue_manifest
 from gpufleet_worker.app import configure
 from redis_sentinel import MASTER_NAME, SentinelGroup
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -31,46 +31,14 @@ def group():
 
 
 def _manifest(name: str, group: SentinelGroup) -> str:
-    body = {
-        "apiVersion": "gpufleet.dev/v1alpha1",
-        "kind": "GpuTaskQueue",
-        "metadata": {"name": name},
-        "spec": {
-            "broker": {
-                "sentinel": {
-                    "masterName": MASTER_NAME,
-                    "sentinels": group.hosts,
-                    "passwordSecretRef": {"name": "sentinel", "key": "password"},
-                },
-                "passwordSecretRef": {"name": "redis", "key": "password"},
-            },
-            "queues": ["gpu"],
-            "worker": {
-                "image": "gpufleet-worker:e2e",
-                "celeryApp": "sentinel_app:app",
-                "gpus": 1,
-                "requireGpu": False,
-                "env": [
-                    {"name": "PYTHONPATH", "value": str(HERE)},
-                    {"name": "GPUFLEET_HEARTBEAT_FILE", "value": "heartbeat"},
-                    {"name": "OMP_NUM_THREADS", "value": "1"},
-                ],
-                "terminationGracePeriodSeconds": 30,
-                # A task whose ack the failover cut stays in the new master's unacked hash: it comes back after
-                # the visibility timeout, which a short one keeps inside the test's time.
-                "taskTimeLimitSeconds": 10,
-                "visibilityTimeoutSeconds": 20,
-            },
-            "scaling": {
-                "maxReplicas": 4,
-                "scaleDownStabilizationSeconds": 4,
-                "idleSecondsBeforeZero": 6,
-                "pollIntervalSeconds": 0.5,
-                "targetWaitSeconds": 0,
-            },  # fmt: skip
-        },
-    }
-    return yaml.safe_dump(body)
+    sentinel = {"masterName": MASTER_NAME, "sentinels": group.hosts,
+                "passwordSecretRef": {"name": "sentinel", "key": "password"}}  # fmt: skip
+    # A task whose ack the failover cut stays in the new master's unacked hash: it comes back after the visibility
+    # timeout, which a short one keeps inside the test's time.
+    worker = {"celeryApp": "sentinel_app:app", "terminationGracePeriodSeconds": 30, "taskTimeLimitSeconds": 10,
+              "visibilityTimeoutSeconds": 20}  # fmt: skip
+    return queue_manifest(name, None, ["gpu"], broker={"sentinel": sentinel, "passwordSecretRef": {"name": "redis", "key": "password"}},
+                          worker=worker, scaling={"targetWaitSeconds": 0})  # fmt: skip
 
 
 class Watch(threading.Thread):

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from fleet import Tasks, queue_manifest, wait_for
+from fleet import Tasks, queue_manifest
+from support import wait_for
 
 # slow: the arrival rate is measured once the meter has watched half its 5-minute window (started first under xdist)
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

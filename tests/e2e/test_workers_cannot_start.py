@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import urllib.request
 
 import pytest
 
-from fleet import Operator, Tasks, queue_manifest, wait_for
+from fleet import Operator, Tasks, queue_manifest
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -57,12 +57,6 @@ def test_pods_waiting_for_a_node_show_on_the_queue_and_clear_when_one_comes(
     tasks.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gauge(port: int, name: str, fleet: str) -> float | None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     found = re.search(rf'^{name}\{{[^}}]*gputaskqueue="{fleet}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
@@ -72,7 +66,7 @@ def _gauge(port: int, name: str, fleet: str) -> float | None:
 def test_a_worker_that_exits_at_start_shows_no_worker_ready_and_recovers_when_mended(
     cluster, cluster_env, namespace, crd, kubectl, redis_url, tmp_path
 ):
-    port = _free_port()
+    port = free_port()
     op = Operator(cluster_env, namespace, tmp_path)
     op.env["GPUFLEET_METRICS_PORT"] = str(port)
     op.start()

@@ -13,7 +13,8 @@ import pytest
 import redis
 from worker_containers import celery_args, worker_env, worker_options
 
-from docker_engine import REPO, docker
+from docker_engine import REPO
+from docker_engine import user_image as build_user_image
 
 TIMEOUT = 120
 CELERY = next(
@@ -62,15 +63,9 @@ def plain_python() -> str:
 @pytest.fixture(scope="module")
 def user_image(worker_cpu_image, tmp_path_factory):
     """A user's image: their own Celery app (which calls configure(app)) on top of the worker image."""
-    context = tmp_path_factory.mktemp("plain-producer-image")
-    shutil.copy(REPO / "tests" / "worker" / "worker_user_app.py", context)
-    (context / "Dockerfile").write_text(
-        f"FROM {worker_cpu_image}\nCOPY worker_user_app.py /opt/app/\nENV PYTHONPATH=/opt/app\n"
-    )
-    image = "gpufleet-worker:test-plain-producer"
-    docker("build", "--quiet", "--tag", image, str(context), timeout=300)
-    yield image
-    docker("image", "rm", image, check=False)
+    with build_user_image(worker_cpu_image, tmp_path_factory.mktemp("plain-producer-image"),
+                          "gpufleet-worker:test-plain-producer") as image:  # fmt: skip
+        yield image
 
 
 def test_a_plain_producer_reads_a_users_task_and_the_librarys(

@@ -4,7 +4,6 @@ fleet's pod runs it: non-root, read-only root filesystem, tini as PID 1, livenes
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import numpy as np
@@ -12,8 +11,10 @@ import pytest
 import redis
 from worker_containers import celery_args, producer, state_key, worker_env, worker_options
 
-from docker_engine import NON_ROOT, REPO, WORKER_RUNTIME, Container, docker, wait_for
+from docker_engine import NON_ROOT, WORKER_RUNTIME, Container, docker
+from docker_engine import user_image as build_user_image
 from gpufleet_worker.errors import PayloadError
+from support import wait_for
 
 TIMEOUT = 120
 # Every process of the container, with its uid: tini and Celery alike must run as the image's user.
@@ -94,14 +95,8 @@ def test_the_liveness_command_reads_the_heartbeat_inside_the_image(fleet):
 @pytest.fixture
 def user_image(worker_cpu_image, tmp_path):
     """A user's image: their tasks on top of the worker image, as the README says (FROM + their module)."""
-    shutil.copy(REPO / "tests" / "worker" / "worker_user_app.py", tmp_path)
-    (tmp_path / "Dockerfile").write_text(
-        f"FROM {worker_cpu_image}\nCOPY worker_user_app.py /opt/app/\nENV PYTHONPATH=/opt/app\n"
-    )
-    image = "gpufleet-worker:test-user-app"
-    docker("build", "--quiet", "--tag", image, str(tmp_path), timeout=300)
-    yield image
-    docker("image", "rm", image, check=False)
+    with build_user_image(worker_cpu_image, tmp_path, "gpufleet-worker:test-user-app") as image:
+        yield image
 
 
 def test_sigterm_mid_task_lets_the_task_finish(redis_url, user_image, containers):
@@ -112,7 +107,7 @@ def test_sigterm_mid_task_lets_the_task_finish(redis_url, user_image, containers
     client = redis.Redis.from_url(redis_url)
     # The worker says it is busy in the broker (docs/worker-contract.md): the task runs now.
     key, pod = state_key(env), env["GPUFLEET_POD_NAME"]
-    wait_for(lambda: json.loads(client.hget(key, pod) or "{}").get("busy"), TIMEOUT, "the task to run")
+    wait_for("the task to run", lambda: json.loads(client.hget(key, pod) or "{}").get("busy"), TIMEOUT)
     started = time.monotonic()
     # SIGTERM to PID 1 (tini), which passes it on; a worker that ignored it would be killed after 60 s.
     docker("stop", "--time", "60", worker.name, timeout=90)

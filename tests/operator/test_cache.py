@@ -18,17 +18,25 @@ def pod(name: str, fleet: str = "embed", **meta) -> dict:
     }
 
 
+def pods_of(cache: Cache, fleet: str = "embed"):
+    return cache.fleet("ml", fleet, f"{fleet}-workers")[1]
+
+
+def gone_of(cache: Cache, fleet: str = "embed"):
+    return cache.fleet("ml", fleet, f"{fleet}-workers")[2]
+
+
 def test_pods_and_deployments_follow_their_events():
     cache = Cache()
     cache.pod_event("ADDED", pod("a"))
     cache.pod_event("ADDED", pod("b", annotations={"controller.kubernetes.io/pod-deletion-cost": "-5"}))
     cache.pod_event("ADDED", {"metadata": {"name": "x", "namespace": "ml", "labels": {}}})  # not ours
-    assert cache.gone("ml", "embed") == frozenset()  # never seen deleted: not gone, whatever the cache holds
+    assert gone_of(cache) == frozenset()  # never seen deleted: not gone, whatever the cache holds
     cache.pod_event("DELETED", pod("a"))
-    assert cache.gone("ml", "embed") == {"a"}
-    assert list(cache.pods("ml", "embed")) == ["b"] and cache.pods("ml", "embed")["b"].deletion_cost == "-5"
+    assert gone_of(cache) == {"a"}
+    assert list(pods_of(cache)) == ["b"] and pods_of(cache)["b"].deletion_cost == "-5"
     cache.pod_written("ml", "embed", "b", deletion_cost="-9")
-    assert cache.pods("ml", "embed")["b"].deletion_cost == "-9"
+    assert pods_of(cache)["b"].deletion_cost == "-9"
     failing = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "forbidden"}
     dep = {"metadata": {"name": "embed-workers", "namespace": "ml"}, "spec": {"replicas": 3},
            "status": {"replicas": 2, "readyReplicas": 1, "conditions": [failing]}}  # fmt: skip
@@ -36,12 +44,12 @@ def test_pods_and_deployments_follow_their_events():
     d = cache.deployment("ml", "embed-workers")
     assert (d.replicas, d.have, d.ready, d.replica_failure) == (3, 2, 1, "forbidden")
     # What the tick reads of a fleet at every poll, under one lock: the same as asked one by one.
-    assert cache.fleet("ml", "embed", "embed-workers") == (d, cache.pods("ml", "embed"), frozenset({"a"}))
+    assert cache.fleet("ml", "embed", "embed-workers") == (d, pods_of(cache), frozenset({"a"}))
     assert cache.fleet("ml", "other", "other-workers") == (None, {}, frozenset())
     cache.deployment_event("DELETED", dep)
     assert cache.deployment("ml", "embed-workers") is None
     cache.forget("ml", "embed")
-    assert cache.pods("ml", "embed") == {}
+    assert pods_of(cache) == {}
 
 
 def test_the_tick_reads_while_handler_threads_write():
@@ -66,7 +74,7 @@ def test_the_tick_reads_while_handler_threads_write():
         deadline = time.monotonic() + 2.0
         workers = {f"p0-{i}": WorkerState(i % 2 == 0, 0.0, 1e12, i % 2) for i in range(50)}
         while time.monotonic() < deadline:
-            pods = cache.pods("ml", "embed")
+            pods = pods_of(cache)
             # What the plan does with them, iterating more than once.
             idle_pods(pods, workers)
             deletion_costs(pods, workers, 100.0)
@@ -90,6 +98,6 @@ def test_pods_held_by_a_scheduling_gate_are_pending_and_failed_pods_are_known():
     cache = Cache()
     cache.pod_event("ADDED", gated)
     cache.pod_event("ADDED", evicted)
-    pods = cache.pods("ml", "embed")
+    pods = pods_of(cache)
     assert pods["g"].unschedulable and not pods["g"].scheduled
     assert pods["e"].failed and pods["e"].protected

@@ -3,10 +3,11 @@ credentials, a broker that does not answer."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
+
+from support import free_port
 
 # Runs the CLI in a fresh interpreter where `hidden` cannot be imported, as on a machine without that extra.
 HIDING = textwrap.dedent(
@@ -75,9 +76,7 @@ def test_demo_with_a_missing_kubeconfig_says_so(tmp_path):
 
 
 def test_depth_against_a_broker_that_does_not_answer():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     argv = ["depth", "--broker", f"redis://127.0.0.1:{port}/0", "--queue", "celery", "--timeout", "1"]
     line = one_line(gpufleet(argv))
     assert "cannot read the broker" in line, line

@@ -11,8 +11,8 @@ from prometheus_client import REGISTRY
 
 from gpufleet import metrics
 from gpufleet.crd import schema
-from gpufleet.model import Deployment, Depth, Pod, Reading, Snapshot, WorkerState, pod_trouble
-from gpufleet.plan import FleetState, plan_tick
+from gpufleet.model import Deployment, Depth, FleetState, Pod, Reading, Snapshot, WorkerState, pod_trouble
+from gpufleet.plan import plan_tick
 from gpufleet.spec import parse_spec
 
 SPEC = parse_spec(
@@ -317,5 +317,5 @@ def test_failing_pods_are_one_series_per_reason_and_go_when_none_is_left():
     assert (value("ImagePullFailed"), value("CrashLoopBackOff")) == (2.0, None)
     metrics.set_failing("m", "q", {"CrashLoopBackOff": 1})
     assert (value("ImagePullFailed"), value("CrashLoopBackOff")) == (None, 1.0)
-    metrics.forget("m", "q", ())
+    metrics.forget("m", "q")
     assert value("CrashLoopBackOff") is None

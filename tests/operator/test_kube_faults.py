@@ -66,7 +66,7 @@ def test_an_event_in_a_namespace_being_deleted_or_gone_is_dropped_quietly():
 
 def test_a_write_refused_because_its_namespace_is_going_is_one_quiet_line(caplog):
     """A cluster-wide operator sees other teams' namespaces deleted under it: no traceback, no 'Forbidden' to chase."""
-    from gpufleet.controller import _log_failure
+    from gpufleet.kube import log_failure as _log_failure
 
     caplog.set_level(logging.DEBUG, logger="gpufleet")
     _log_failure(("t", "q"), refused_as_terminating("poddisruptionbudgets"))

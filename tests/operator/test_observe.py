@@ -41,3 +41,32 @@ def test_a_silent_broker_holds_up_only_its_own_fleets(redis_url, blackhole):
         assert "Timeout" in errors[silent.key]
     finally:
         observer.close()
+
+
+def test_the_observer_returns_what_it_saw_and_decides_nothing(redis_url, blackhole):
+    """Snapshots for the fleets it could read, the fleets whose reads failed with their error, the fleets still
+    waiting on their broker, and a broker handle per fleet with a connection; no callback, no rescheduling."""
+    observer = Observer(kube=None, cache=Cache(), probes=ProbePool(timeout=1.0))
+    observer._listed.add("team")  # the namespace's Deployments listed once already
+    healthy, silent = queue("healthy", redis_url), queue("silent", blackhole[0])
+    invalid = Queue("team", "invalid", "uid-invalid", 1, None, "spec.worker.pool: unknown pool")
+    secret = parse_spec({"broker": {"urlSecretRef": {"name": "s", "key": "url"}}, "queues": ["gpu"],
+                         "worker": {"image": "w:1"}})  # fmt: skip
+    unreadable = Queue("team", "unreadable", "uid-unreadable", 1, secret)  # no API to read its Secret from
+    try:
+        seen = observer.snapshots([healthy, silent, invalid, unreadable], time.time())
+        by_key = {s.key: s for s in seen.snapshots}
+        assert set(by_key) == {healthy.key, invalid.key}
+        assert by_key[healthy.key].reading is not None and by_key[invalid.key].spec_error
+        assert seen.waiting == {silent.key}
+        assert set(seen.failed) == {unreadable.key} and isinstance(
+            seen.failed[unreadable.key], AttributeError
+        )
+        assert (
+            set(seen.brokers) == {healthy.key} and seen.brokers[healthy.key].request.fleet == "team/healthy"
+        )
+        # While the silent broker's probe runs, its fleet is not even resolved again: still waiting.
+        again = observer.snapshots([silent], time.time(), reresolve={silent.key})
+        assert again.waiting == {silent.key} and again.snapshots == [] and again.failed == {}
+    finally:
+        observer.close()

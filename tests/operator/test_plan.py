@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 
 from gpufleet import plan as plan_module
-from gpufleet.model import Deployment, Depth, Pod, Reading, Snapshot, WorkerState
-from gpufleet.plan import FleetState, plan_tick
+from gpufleet.model import Deployment, Depth, FleetState, Outcome, Pod, Reading, Snapshot, WorkerState
+from gpufleet.plan import plan_tick, settled
 from gpufleet.spec import parse_spec
 
 SPEC = parse_spec(
@@ -395,3 +395,61 @@ def test_fleets_are_probed_each_at_its_own_phase_of_the_poll():
     # A thousand fleets applied together: spread over the poll, not all in one tick.
     slots = [int((plan_module.next_poll(100.0, poll, f"uid-{i}") % poll) * 20) for i in range(1000)]
     assert max(slots.count(s) for s in range(20)) < 100
+
+
+def test_what_apply_did_is_what_the_next_plan_starts_from():
+    """apply only writes and says what happened (an Outcome); `settled` makes the next state of it."""
+    before = FleetState(uid="u1", generation=1, applied_generation=1, next_probe=100)
+    p = step(snap(queued=4), before)
+    assert p.writes and not p.at_rest and settled(before, p, Outcome()) == p.state
+    # The Deployment refused: nothing the plan says holds; planned again at once, showing the refusal.
+    refused = settled(before, p, Outcome(rejected="spec.template: Invalid value"))
+    assert refused.rejected == (1, "spec.template: Invalid value") and refused.applied_generation is None
+    assert refused.next_probe == 0.0 and refused.written == before.written
+    # A write failed: the fleet goes on from where it was (the controller retries it at its next poll).
+    assert settled(before, p, Outcome(failed=RuntimeError("503"))) == before
+    # Tasks put back: the next plan tells it, once, and the fleet is not at rest until it has.
+    put_back = settled(before, p, Outcome(restored=(("w-1", 2),)))
+    assert put_back.next_probe == 0.0  # told at once
+    told = step(snap(now=101, queued=4, replicas=4), put_back)
+    assert [(e.reason, e.message) for e in told.events if e.reason == "TasksRestored"] == [
+        (
+            "TasksRestored",
+            "put back 2 task(s) held by worker w-1, which is gone; they run again on another worker",
+        )
+    ]
+    assert told.state.restored == () and not any(
+        e.reason == "TasksRestored" for e in step(snap(now=102), told.state).events
+    )
+
+
+def test_a_plan_says_what_it_is():
+    first = step(snap(replicas=0, queued=0))
+    rest = step(snap(now=101, replicas=0), first.state)
+    assert rest.at_rest and not rest.writes and rest.gauges is None
+    orphans = step(snap(replicas=1, reading=Reading({"gpu": Depth(0, 0)}, {"dead": WorkerState(True, 90, 200, 1)}),
+                        gone=frozenset({"dead"})))  # fmt: skip
+    assert orphans.needs_broker and orphans.writes and not orphans.at_rest
+
+
+def test_pod_writes_carry_the_busy_cost_unless_a_scale_in_names_another():
+    busy = WorkerState(True, 99, 200, 1)
+    held = step(snap(now=100, reserved=1, replicas=1, workers={"busy": busy}, pods={"busy": Pod("busy", True, False, False, None)}),
+                FleetState(uid="u1", applied_generation=1))  # fmt: skip
+    assert held.annotations == {} and held.pods["busy"].known == {"protected": True, "deletion_cost": "1000"}
+    assert held.pods["busy"].metadata["labels"] == {"gpufleet.dev/busy": "true"}
+    pods = {n: Pod(n, True, False, False, None) for n in ("busy", "idle")}
+    workers = {"busy": busy, "idle": WorkerState(False, 50, 200, 0)}
+    down = step(snap(now=100, reserved=1, replicas=2, workers=workers, pods=pods),
+                FleetState(uid="u1", applied_generation=1))  # fmt: skip
+    assert down.annotations and list(down.pods) == sorted(down.pods)
+    for name, cost in down.annotations.items():  # a scale-in names each pod's cost, the busy one's too
+        assert down.pods[name].known["deletion_cost"] == cost
+
+
+def test_the_series_of_a_queue_dropped_from_the_spec_go():
+    two = replace(SPEC, queues=("gpu", "old"))
+    first = step(snap(spec=two, reading=Reading({"gpu": Depth(1, 0), "old": Depth(2, 0)}, {})))
+    assert first.gauges.dropped == ()
+    second = step(snap(now=101, queued=1), first.state)
+    assert second.gauges.dropped == ("old",)

@@ -27,20 +27,6 @@ def trace(tasks) -> Trace:
     return Trace("t", tuple(sorted(tasks, key=lambda t: t.arrival_s)))
 
 
-@pytest.fixture
-def decisions(monkeypatch):
-    """Every (observation, decision) of the runs in a test, through the real decide()."""
-    seen = []
-
-    def spy(spec, obs, history):
-        decision = real_policy.decide(spec, obs, history)
-        seen.append((obs, decision))
-        return decision
-
-    monkeypatch.setattr(policies, "decide", spy)
-    return seen
-
-
 def test_the_variant_runs_the_operator_decide_and_meter_themselves():
     assert policies.decide is real_policy.decide
     assert policies.measure is real_throughput.measure

@@ -143,25 +143,14 @@ def test_floor_busy_share_and_scale_events_per_hour():
 # ---- gpufleet's default rule in the simulator ---------------------------------------------------------------
 
 
-def test_the_default_rule_sizes_by_what_the_meter_measured_and_asks_no_pod_too_late(monkeypatch):
+def test_the_default_rule_sizes_by_what_the_meter_measured_and_asks_no_pod_too_late(decisions):
     # Four 10 s tasks wake the fleet (no measurement yet: one pod per task, ready at 60, done at 70). At 75 six
     # more arrive: the four idle workers take four and start the other two by 85, long before a new pod could
     # be ready (135). The default asks for none; one pod per task asks for two that come too late.
-    from gpufleet import policy as real_policy
-    from gpufleet_tools.simulate import policies
-
-    seen = []
-
-    def spy(spec, obs, history):
-        decision = real_policy.decide(spec, obs, history)
-        seen.append((obs, decision))
-        return decision
-
-    monkeypatch.setattr(policies, "decide", spy)
     tasks = trace(*[Task(0, 10)] * 4, *[Task(75, 10)] * 6)
     default = simulate(tasks, Gpufleet(gpufleet_spec({})), Setup(startup_s=60))
     per_task = simulate(tasks, Gpufleet(gpufleet_spec({"targetWaitSeconds": "0"})), Setup(startup_s=60))
-    at_75 = next(obs for obs, _ in seen if obs.now == 75)
+    at_75 = next(obs for obs, _ in decisions if obs.now == 75)
     assert (at_75.service_s, at_75.startup_s, at_75.ready) == (pytest.approx(10, rel=0.05), 60, 4)
     assert max(r for t, _, r in default.timeline if t >= 75) == 4
     assert max(r for t, _, r in per_task.timeline if t >= 75) == 6

@@ -7,13 +7,14 @@ import time
 
 import pytest
 from celery import Celery
-from workerproc import Worker, wait_for, worker_env
+from workerproc import Worker, worker_env
 
 from gpufleet.broker import Connection, Layout, RedisProbe, Request
 from gpufleet.resources import worker_env as pod_env
 from gpufleet.spec import parse_spec
 from gpufleet_worker import contract
 from gpufleet_worker.app import configure
+from support import wait_for
 
 TIMEOUT = 120
 
@@ -46,23 +47,23 @@ def test_a_worker_started_from_the_pod_env_is_read_by_the_operator_probe(redis_u
     markers.mkdir()
     try:
         with Worker(env, tmp_path / "worker.log", app="worker_user_app:app"):
-            idle = wait_for(lambda: read().workers.get("matrix-0"), TIMEOUT, "the worker's entry")
+            idle = wait_for("the worker's entry", lambda: read().workers.get("matrix-0"), TIMEOUT)
             assert not idle.busy and idle.done == 0
             producer = Celery("producer")
             configure(producer, env)
             running = producer.send_task("user.sleep", args=(4, str(markers)), queue="gpu", priority=0)
             wait_for(
-                lambda: (w := read().workers.get("matrix-0")) and w.busy, TIMEOUT, "the entry to turn busy"
+                "the entry to turn busy", lambda: (w := read().workers.get("matrix-0")) and w.busy, TIMEOUT
             )
             waiting = producer.send_task("user.sleep", args=(0, str(markers)), queue="gpu", priority=6)
             reading = wait_for(
-                lambda: (r := read()).depth.total == 2 and r, TIMEOUT, "one running, one waiting"
+                "one running, one waiting", lambda: (r := read()).depth.total == 2 and r, TIMEOUT
             )
             assert reading.depth.reserved >= 1
             running.get(timeout=TIMEOUT)
             waiting.get(timeout=TIMEOUT)
             done = wait_for(
-                lambda: (w := read().workers.get("matrix-0")) and w.done == 2 and w, TIMEOUT, "2 done"
+                "2 done", lambda: (w := read().workers.get("matrix-0")) and w.done == 2 and w, TIMEOUT
             )
             assert not done.busy and read().depth.total == 0
     finally:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import redis
 from celery import Celery
-from workerproc import READY_TIMEOUT, Worker, wait_for, worker_env
+from workerproc import READY_TIMEOUT, Worker, worker_env
 
 from gpufleet_worker.app import configure
+from support import wait_for
 
 TIMEOUT = 120
 STATE_KEY = "gpufleet:workers:team-a/matrix"
@@ -52,24 +53,24 @@ def test_heartbeat_and_worker_state_follow_the_work(redis_url, tmp_path):
     with Worker(env, tmp_path / "worker.log", app="worker_user_app:app") as worker:
         assert health(env).returncode == 0, health(env).stderr
 
-        idle = wait_for(lambda: entry(client), TIMEOUT, "the worker's state entry")
+        idle = wait_for("the worker's state entry", lambda: entry(client), TIMEOUT)
         assert idle["busy"] is False and idle["active"] == 0 and idle["done"] == 0
         assert idle["hostname"] == "matrix-0@gpufleet"
         assert idle["expires"] > time.time()
 
         result = producer_for(env).send_task("user.sleep", args=(3, str(markers)))
-        busy = wait_for(lambda: (e := entry(client)) and e["busy"] and e, TIMEOUT, "the entry to turn busy")
+        busy = wait_for("the entry to turn busy", lambda: (e := entry(client)) and e["busy"] and e, TIMEOUT)
         assert busy["active"] == 1 and busy["since"] >= idle["since"]
         assert result.get(timeout=TIMEOUT) == "slept"
         done = wait_for(
-            lambda: (e := entry(client)) and e["done"] == 1 and e, TIMEOUT, "the entry to count 1 done"
+            "the entry to count 1 done", lambda: (e := entry(client)) and e["done"] == 1 and e, TIMEOUT
         )
         assert done["busy"] is False and done["active"] == 0 and done["since"] >= busy["since"]
 
         # Another pod's entry that expired is swept; a live one is left alone.
         client.hset(STATE_KEY, "dead-pod", json.dumps({"busy": True, "expires": time.time() - 1}))
         client.hset(STATE_KEY, "live-pod", json.dumps({"busy": True, "expires": time.time() + 600}))
-        wait_for(lambda: not client.hexists(STATE_KEY, "dead-pod"), TIMEOUT, "the stale entry to be removed")
+        wait_for("the stale entry to be removed", lambda: not client.hexists(STATE_KEY, "dead-pod"), TIMEOUT)
         assert client.hexists(STATE_KEY, "live-pod")
 
         worker.signal(signal.SIGTERM)
@@ -78,7 +79,7 @@ def test_heartbeat_and_worker_state_follow_the_work(redis_url, tmp_path):
 
     # Nobody refreshes the heartbeat of a stopped worker: the probe fails once it is older than allowed.
     strict = {**env, "GPUFLEET_HEARTBEAT_MAX_AGE": "1"}
-    stale = wait_for(lambda: (p := health(strict)).returncode == 1 and p, 30, "the heartbeat to go stale")
+    stale = wait_for("the heartbeat to go stale", lambda: (p := health(strict)).returncode == 1 and p, 30)
     assert "unhealthy: heartbeat" in stale.stderr and "limit 1s" in stale.stderr
 
 
@@ -89,7 +90,7 @@ def test_sigterm_lets_the_running_task_finish(redis_url, tmp_path, pool):
     markers.mkdir()
     with Worker(env, tmp_path / "worker.log", app="worker_user_app:app", pool=pool) as worker:
         result = producer_for(env).send_task("user.sleep", args=(4, str(markers)))
-        wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
+        wait_for("the task to start", lambda: runs(markers), TIMEOUT)
         worker.signal(signal.SIGTERM)
         assert worker.wait_exit() == 0
         assert result.get(timeout=TIMEOUT) == "slept"
@@ -106,7 +107,7 @@ def test_a_killed_workers_task_runs_again_on_another_worker(redis_url, tmp_path)
     first = Worker(env, tmp_path / "first.log", app="worker_user_app:app")
     with first:
         result = producer_for(env).send_task("user.sleep", args=(2.5, str(markers)))
-        wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
+        wait_for("the task to start", lambda: runs(markers), TIMEOUT)
         os.killpg(first.proc.pid, signal.SIGKILL)
         first.wait_exit()
     assert result.state == "PENDING"
@@ -122,7 +123,7 @@ def test_a_killed_pool_process_has_its_task_requeued(redis_url, tmp_path):
     markers.mkdir()
     with Worker(env, tmp_path / "worker.log", app="worker_user_app:app", pool="prefork"):
         result = producer_for(env).send_task("user.sleep", args=(4, str(markers)))
-        (child,) = wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
+        (child,) = wait_for("the task to start", lambda: runs(markers), TIMEOUT)
         os.kill(child, signal.SIGKILL)
         assert result.get(timeout=TIMEOUT) == "slept"
         pids = runs(markers)

@@ -13,11 +13,12 @@ import time
 import pytest
 import redis
 from celery import Celery
-from workerproc import Worker, wait_for, worker_env
+from workerproc import Worker, worker_env
 
 from gpufleet_worker import contract, state
 from gpufleet_worker.app import configure
 from gpufleet_worker.settings import from_env
+from support import wait_for
 
 TIMEOUT = 120
 STATE_KEY = "gpufleet:workers:team-a/matrix"
@@ -33,7 +34,7 @@ def test_tasks_queued_before_a_restart_run_once_and_the_predecessors_come_back(r
     client = redis.Redis.from_url(redis_url)
     # The previous container of pod matrix-0 died holding one delivery: unacked, named in its entry.
     held = producer.send_task("user.sleep", args=(0.2, str(markers)), queue="gpu")
-    raw = wait_for(lambda: client.rpop("gpu"), TIMEOUT, "the task to be queued")
+    raw = wait_for("the task to be queued", lambda: client.rpop("gpu"), TIMEOUT)
     client.hset("unacked", "tag-of-the-dead", json.dumps([json.loads(raw), "", "gpu"]))
     entry = contract.WorkerState.fresh(1, 0, time.time(), time.time(), 5, ("tag-of-the-dead",))
     client.hset(STATE_KEY, "matrix-0", entry.to_json("matrix-0@gpufleet"))

@@ -14,10 +14,13 @@ import time
 import pytest
 import redis
 from celery import Celery, chord, signature
-from workerproc import Worker, wait_for, worker_env
+from workerproc import Worker, worker_env
 
+from gpufleet.resources import worker_env as pod_env
+from gpufleet.spec import parse_spec
 from gpufleet_worker import contract
 from gpufleet_worker.app import configure
+from support import wait_for
 
 TIMEOUT = 120
 STATE_KEY = "gpufleet:workers:team-a/matrix"
@@ -52,16 +55,15 @@ def test_a_killed_workers_task_starts_again_on_a_live_worker(redis_url, tmp_path
     client = redis.Redis.from_url(redis_url)
     with a:
         result = producer_for(b_env).send_task("user.sleep", args=(8, str(markers)))
-        wait_for(lambda: runs(markers), TIMEOUT, "the task to start on the first worker")
-        held = wait_for(lambda: (raw := client.hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"], TIMEOUT,
-                        "the first worker's entry to name its delivery")  # fmt: skip
+        wait_for("the task to start on the first worker", lambda: runs(markers), TIMEOUT)
+        held = wait_for("the first worker's entry to name its delivery", lambda: (raw := client.hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"], TIMEOUT)  # fmt: skip
         assert len(held) == 1 and client.hexists("unacked", held[0])
         killed = kill(a)
     with Worker(b_env, tmp_path / "b.log", app="worker_user_app:app"):
-        wait_for(lambda: len(runs(markers)) == 2, TIMEOUT, "the task to start again on the second worker")
+        wait_for("the task to start again on the second worker", lambda: len(runs(markers)) == 2, TIMEOUT)
         print(f"restored and started again {time.monotonic() - killed:.1f} s after the SIGKILL")
         assert result.get(timeout=TIMEOUT) == "slept"
-        wait_for(lambda: client.hlen("unacked") == 0, TIMEOUT, "the second run's ack")
+        wait_for("the second run's ack", lambda: client.hlen("unacked") == 0, TIMEOUT)
     assert len(runs(markers)) == 2  # the killed run and the one that finished: nothing ran a third time
     assert not client.hexists(STATE_KEY, "matrix-0")
 
@@ -79,7 +81,7 @@ def test_a_stalled_broker_puts_back_no_live_workers_task(redis_server, redis_url
     idle_env = {**defaults(redis_url, tmp_path, "matrix-1"), **fast}
     with busy, Worker(idle_env, tmp_path / "b.log", app="worker_user_app:app") as idle:
         result = producer_for(idle_env).send_task("user.sleep", args=(16, str(markers)))
-        wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
+        wait_for("the task to start", lambda: runs(markers), TIMEOUT)
         with redis_server.stalled():
             time.sleep(6)  # twice an entry's lifetime
         assert result.get(timeout=TIMEOUT) == "slept"
@@ -97,10 +99,9 @@ def test_the_next_container_of_a_pod_restores_what_the_last_one_held(redis_url, 
     first = Worker(env, tmp_path / "first.log", app="worker_user_app:app")
     with first:
         result = producer_for(env).send_task("user.sleep", args=(6, str(markers)))
-        wait_for(lambda: runs(markers), TIMEOUT, "the task to start")
+        wait_for("the task to start", lambda: runs(markers), TIMEOUT)
         # Named in the entry when it was received (a thread's write, which a loaded machine may delay a little).
-        wait_for(lambda: (raw := redis.Redis.from_url(redis_url).hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"],
-                 TIMEOUT, "the entry to name the delivery")  # fmt: skip
+        wait_for("the entry to name the delivery", lambda: (raw := redis.Redis.from_url(redis_url).hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"], TIMEOUT)  # fmt: skip
         kill(first)
     with Worker(env, tmp_path / "second.log", app="worker_user_app:app") as second:
         assert result.get(timeout=TIMEOUT) == "slept"
@@ -117,12 +118,12 @@ def test_a_chord_completes_when_a_worker_dies_under_it(redis_url, tmp_path):
     with a, b:
         header = [signature("user.sleep", args=(3, str(markers)), app=producer) for _ in range(6)]
         result = chord(header)(signature("user.count", app=producer))
-        wait_for(lambda: len(runs(markers)) >= 2, TIMEOUT, "both workers busy")
+        wait_for("both workers busy", lambda: len(runs(markers)) >= 2, TIMEOUT)
         client = redis.Redis.from_url(redis_url)
         wait_for(
+            "a's tags",
             lambda: (raw := client.hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"],
             TIMEOUT,
-            "a's tags",
         )
         kill(a)
         assert result.get(timeout=TIMEOUT) == 6
@@ -154,3 +155,28 @@ def test_restoring_is_atomic_idempotent_and_keeps_priority_and_live_entries(redi
     assert requeued["headers"] == message["headers"] and requeued["body"] == message["body"]
     assert client.hlen("p:unacked") == 0 and client.zcard("p:unacked_index") == 0
     assert not client.hexists("p:gpufleet:workers:ns/q", "dead")
+
+
+def test_a_custom_unacked_key_reaches_the_worker_and_its_restore(redis_url, tmp_path):
+    """spec.broker.unackedKey names kombu's hash of unacknowledged messages: the worker started from the pod's
+    environment records its deliveries there, and the next worker puts a killed one's task back from there."""
+    spec = parse_spec({"broker": {"url": redis_url, "unackedKey": "team-a:held"}, "queues": ["gpu"],
+                       "worker": {"image": "w:1", "gpus": 0}})  # fmt: skip
+    from_pod = {v["name"]: v["value"] for v in pod_env(spec, "team-a", "matrix") if "value" in v}
+    from_pod.pop(contract.Env.HEARTBEAT_FILE)
+    markers = tmp_path / "runs"
+    markers.mkdir()
+    env_a = defaults(redis_url, tmp_path, "matrix-0") | from_pod
+    env_b = defaults(redis_url, tmp_path, "matrix-1") | from_pod
+    client = redis.Redis.from_url(redis_url)
+    with Worker(env_a, tmp_path / "a.log", app="worker_user_app:app") as a:
+        result = producer_for(env_b).send_task("user.sleep", args=(8, str(markers)), queue="gpu")
+        wait_for("the task to start on the first worker", lambda: runs(markers), TIMEOUT)
+        held = wait_for("the first worker's entry to name its delivery", lambda: (raw := client.hget(STATE_KEY, "matrix-0")) and json.loads(raw)["tags"], TIMEOUT)  # fmt: skip
+        assert client.hexists("team-a:held", held[0]) and not client.exists("unacked")
+        kill(a)
+    with Worker(env_b, tmp_path / "b.log", app="worker_user_app:app") as b:
+        wait_for("the task to start again on the second worker", lambda: len(runs(markers)) == 2, TIMEOUT)
+        assert result.get(timeout=TIMEOUT) == "slept"
+        assert "put back 1 task(s) held by matrix-0" in b.log()
+        wait_for("the second run's ack", lambda: client.hlen("team-a:held") == 0, TIMEOUT)

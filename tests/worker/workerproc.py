@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from support import wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,17 +31,6 @@ def worker_env(redis_url: str, tmp_path: Path, **overrides: str) -> dict[str, st
     }
     env.update(overrides)
     return env
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Worker:
@@ -74,7 +64,7 @@ class Worker:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
             return " ready." in self.log()
 
-        wait_for(ready, timeout, f"the worker to be ready; log:\n{self.log()}")
+        wait_for(f"the worker to be ready; log:\n{self.log()}", ready, timeout)
         return self
 
     def wait_exit(self, timeout: float = READY_TIMEOUT) -> int:

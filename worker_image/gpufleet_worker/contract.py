@@ -1,8 +1,9 @@
 """The operator-worker contract (docs/worker-contract.md), defined once; both sides import it from here.
 
-What the operator and the worker read or write in the broker and in the pod: kombu's key layout values, the
-fleet's worker-state hash and its entries, the heartbeat path. Pure and free of Celery, redis and NumPy: the
-operator imports it (it ships this package) and so does the liveness probe.
+What the operator and the worker read or write in the broker and in the pod: the names of the worker's environment
+and their defaults, kombu's key layout values (separator, priority steps, unacked key), the fleet's worker-state
+hash and its entries, the directory the pod mounts for the heartbeat. Pure and free of Celery, redis and NumPy:
+the operator imports it (it ships this package) and so does the liveness probe.
 """
 
 from __future__ import annotations
@@ -15,11 +16,66 @@ from dataclasses import dataclass
 # kombu's Redis transport: one list per priority step, "<queue><sep><step>" for every step but the first.
 KOMBU_SEP = "\x06\x16"
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"  # kombu's default unacked_key: the hash of delivered, unacknowledged messages
 
-HEARTBEAT_FILE = "/tmp/gpufleet/heartbeat"
+RUN_DIR = "/tmp/gpufleet"  # an emptyDir in every worker pod: the only writable place besides /tmp
+HEARTBEAT_FILE = f"{RUN_DIR}/heartbeat"
 HEARTBEAT_MAX_AGE = 60.0
 STATE_INTERVAL_SECONDS = 5.0  # how often a worker rewrites its entry at the latest
 STATE_TTL_INTERVALS = 3  # an entry not rewritten for this many intervals is stale (its worker is gone)
+
+
+class Env:
+    """The names of a worker container's environment (docs/worker-contract.md). The operator writes OPERATOR's
+    into every pod; a user may set USER's through spec.worker.env; the worker's settings read both."""
+
+    FLEET = "GPUFLEET_FLEET"
+    POD_NAME = "GPUFLEET_POD_NAME"
+    BROKER_URL = "GPUFLEET_BROKER_URL"
+    BROKER_SENTINEL_MASTER = "GPUFLEET_BROKER_SENTINEL_MASTER"
+    BROKER_SENTINEL_PASSWORD = "GPUFLEET_BROKER_SENTINEL_PASSWORD"
+    BROKER_PASSWORD = "GPUFLEET_BROKER_PASSWORD"
+    BROKER_DB = "GPUFLEET_BROKER_DB"
+    BROKER_TLS_INSECURE = "GPUFLEET_BROKER_TLS_INSECURE"
+    BROKER_TLS_CA_FILE = "GPUFLEET_BROKER_TLS_CA_FILE"
+    GLOBAL_KEYPREFIX = "GPUFLEET_GLOBAL_KEYPREFIX"
+    PRIORITY_STEPS = "GPUFLEET_PRIORITY_STEPS"
+    PRIORITY_SEP = "GPUFLEET_PRIORITY_SEP"
+    UNACKED_KEY = "GPUFLEET_UNACKED_KEY"
+    QUEUES = "GPUFLEET_QUEUES"
+    POOL = "GPUFLEET_POOL"
+    CONCURRENCY = "GPUFLEET_CONCURRENCY"
+    VISIBILITY_TIMEOUT = "GPUFLEET_VISIBILITY_TIMEOUT"
+    TASK_TIME_LIMIT = "GPUFLEET_TASK_TIME_LIMIT"
+    HEARTBEAT_FILE = "GPUFLEET_HEARTBEAT_FILE"
+    GPUS = "GPUFLEET_GPUS"
+    REQUIRE_GPU = "GPUFLEET_REQUIRE_GPU"
+    STATE_INTERVAL = "GPUFLEET_STATE_INTERVAL"
+    # Set by a user, when at all.
+    RESULT_BACKEND = "GPUFLEET_RESULT_BACKEND"
+    RESULT_EXPIRES = "GPUFLEET_RESULT_EXPIRES"
+    MAX_PAYLOAD_BYTES = "GPUFLEET_MAX_PAYLOAD_BYTES"
+    GPU_MEMORY_LIMIT = "GPUFLEET_GPU_MEMORY_LIMIT"
+    SOFT_SHUTDOWN_TIMEOUT = "GPUFLEET_SOFT_SHUTDOWN_TIMEOUT"
+    HEARTBEAT_MAX_AGE = "GPUFLEET_HEARTBEAT_MAX_AGE"
+
+    # What the operator writes into every pod (some only where the spec asks for them).
+    OPERATOR = (FLEET, POD_NAME, BROKER_URL, BROKER_SENTINEL_MASTER, BROKER_SENTINEL_PASSWORD, BROKER_PASSWORD,
+                BROKER_DB, BROKER_TLS_INSECURE, BROKER_TLS_CA_FILE, GLOBAL_KEYPREFIX, PRIORITY_STEPS, PRIORITY_SEP,
+                UNACKED_KEY, QUEUES, POOL, CONCURRENCY, VISIBILITY_TIMEOUT, TASK_TIME_LIMIT, HEARTBEAT_FILE, GPUS,
+                REQUIRE_GPU, STATE_INTERVAL)  # fmt: skip
+    USER = (RESULT_BACKEND, RESULT_EXPIRES, MAX_PAYLOAD_BYTES, GPU_MEMORY_LIMIT, SOFT_SHUTDOWN_TIMEOUT,
+            HEARTBEAT_MAX_AGE)  # fmt: skip
+
+
+# Read by CuPy, not by the worker's settings: its kernel cache, on the writable /tmp (the root filesystem is not).
+CUPY_CACHE_DIR = ("CUPY_CACHE_DIR", "/tmp/cupy")
+
+# The worker's defaults where a variable is unset (the operator always sets these from the spec).
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+DEFAULT_TASK_TIME_LIMIT = 3300
+DEFAULT_RESULT_EXPIRES = 3600
 
 
 def separator(raw: str | None) -> str:
@@ -176,7 +232,7 @@ def restore_call(
     *,
     separator: str = KOMBU_SEP,
     priority_steps: tuple[int, ...] = KOMBU_PRIORITY_STEPS,
-    unacked_key: str = "unacked",
+    unacked_key: str = UNACKED_KEY,
     stale_before: float | None = None,
 ) -> tuple[list[str], list[str]]:
     """(KEYS, ARGV) of RESTORE_SCRIPT for one worker's field: `client.eval(RESTORE_SCRIPT, 4, *keys, *argv)`."""

@@ -9,12 +9,12 @@ from . import contract, heartbeat
 
 
 def main(env=os.environ) -> int:
-    path = env.get("GPUFLEET_HEARTBEAT_FILE") or contract.HEARTBEAT_FILE
+    path = env.get(contract.Env.HEARTBEAT_FILE) or contract.HEARTBEAT_FILE
     try:
-        max_age = float(env.get("GPUFLEET_HEARTBEAT_MAX_AGE") or contract.HEARTBEAT_MAX_AGE)
+        max_age = float(env.get(contract.Env.HEARTBEAT_MAX_AGE) or contract.HEARTBEAT_MAX_AGE)
     except ValueError:
         print(
-            f"GPUFLEET_HEARTBEAT_MAX_AGE={env['GPUFLEET_HEARTBEAT_MAX_AGE']!r} is not a number",
+            f"{contract.Env.HEARTBEAT_MAX_AGE}={env[contract.Env.HEARTBEAT_MAX_AGE]!r} is not a number",
             file=sys.stderr,
         )
         return 2

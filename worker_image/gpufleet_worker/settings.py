@@ -12,11 +12,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from . import contract
 from .codec import DEFAULT_MAX_PAYLOAD_BYTES
+from .contract import Env as E
 from .errors import SettingsError
-
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_VISIBILITY_TIMEOUT = 3600
-DEFAULT_TASK_TIME_LIMIT = 3300
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,9 @@ class Settings:
     result_transport_options: dict
     sentinel: Sentinel | None
     global_keyprefix: str
+    priority_steps: tuple[int, ...]
+    separator: str
+    unacked_key: str
     queues: tuple[str, ...]
     pool: str | None
     concurrency: int | None
@@ -65,30 +65,25 @@ class Settings:
     max_payload_bytes: int
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+def _number(env: Mapping[str, str], name: str, default, minimum, kind: type, what: str):
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 0) -> int | None:
+    return _number(env, name, default, minimum, int, "an integer")
 
 
 def _float(env: Mapping[str, str], name: str, default: float | None, minimum: float = 0.0) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
+    return _number(env, name, default, minimum, float, "a number")
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -103,9 +98,9 @@ def compose_broker_url(url: str, password: str | None, db: int | None) -> str:
     """Insert the (URL-quoted) password and the database number into a redis:// or rediss:// URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise SettingsError(f"GPUFLEET_BROKER_URL must be a redis:// or rediss:// URL, not {parts.scheme}://")
+        raise SettingsError(f"{E.BROKER_URL} must be a redis:// or rediss:// URL, not {parts.scheme}://")
     if not parts.hostname:
-        raise SettingsError("GPUFLEET_BROKER_URL has no host")
+        raise SettingsError(f"{E.BROKER_URL} has no host")
     netloc = parts.netloc
     if password:
         host = netloc.rpartition("@")[2]
@@ -118,15 +113,13 @@ def compose_broker_url(url: str, password: str | None, db: int | None) -> str:
 
 def _sentinel(env: Mapping[str, str], url: str, password: str | None, db: int | None) -> Sentinel | None:
     """The sentinels of a kombu sentinel:// URL ("sentinel://h1:26379;sentinel://h2:26379")."""
-    master = env.get("GPUFLEET_BROKER_SENTINEL_MASTER", "").strip()
+    master = env.get(E.BROKER_SENTINEL_MASTER, "").strip()
     if not url.startswith("sentinel://"):
         if master:
-            raise SettingsError(
-                "GPUFLEET_BROKER_SENTINEL_MASTER is set but GPUFLEET_BROKER_URL is not sentinel://"
-            )
+            raise SettingsError(f"{E.BROKER_SENTINEL_MASTER} is set but {E.BROKER_URL} is not sentinel://")
         return None
     if not master:
-        raise SettingsError("GPUFLEET_BROKER_URL is sentinel:// but GPUFLEET_BROKER_SENTINEL_MASTER is unset")
+        raise SettingsError(f"{E.BROKER_URL} is sentinel:// but {E.BROKER_SENTINEL_MASTER} is unset")
     hosts = []
     for part in url.split(";"):
         try:
@@ -134,15 +127,15 @@ def _sentinel(env: Mapping[str, str], url: str, password: str | None, db: int | 
             port = parts.port or 26379
         except ValueError:
             raise SettingsError(
-                f"GPUFLEET_BROKER_URL: {part.strip()!r} is not a sentinel://host:port URL"
+                f"{E.BROKER_URL}: {part.strip()!r} is not a sentinel://host:port URL"
             ) from None
         if parts.scheme != "sentinel" or not parts.hostname:
-            raise SettingsError(f"GPUFLEET_BROKER_URL: {part.strip()!r} is not a sentinel://host:port URL")
+            raise SettingsError(f"{E.BROKER_URL}: {part.strip()!r} is not a sentinel://host:port URL")
         hosts.append((parts.hostname, port))
         path_db = parts.path.strip("/")
         if db is None and path_db.isdigit():
             db = int(path_db)
-    sentinel_password = env.get("GPUFLEET_BROKER_SENTINEL_PASSWORD") or None
+    sentinel_password = env.get(E.BROKER_SENTINEL_PASSWORD) or None
     return Sentinel(master, tuple(hosts), db or 0, password, sentinel_password)
 
 
@@ -158,9 +151,9 @@ def _ssl_options(env: Mapping[str, str], url: str) -> dict | None:
     if not url.startswith("rediss://"):
         return None
     options: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    if _flag(env, "GPUFLEET_BROKER_TLS_INSECURE"):
+    if _flag(env, E.BROKER_TLS_INSECURE):
         options["ssl_cert_reqs"] = ssl.CERT_NONE
-    ca_file = env.get("GPUFLEET_BROKER_TLS_CA_FILE", "").strip()
+    ca_file = env.get(E.BROKER_TLS_CA_FILE, "").strip()
     if ca_file:
         options["ssl_ca_certs"] = ca_file
     return options
@@ -172,10 +165,10 @@ def _priority_steps(raw: str) -> list[int] | None:
     try:
         steps = [int(step) for step in _list(raw)]
     except ValueError:
-        raise SettingsError(f"GPUFLEET_PRIORITY_STEPS={raw!r} must be comma-separated integers") from None
+        raise SettingsError(f"{E.PRIORITY_STEPS}={raw!r} must be comma-separated integers") from None
     if steps != sorted(set(steps)) or steps[0] < 0 or steps[-1] > 255:
         raise SettingsError(
-            f"GPUFLEET_PRIORITY_STEPS={raw!r} must be distinct integers in ascending order within 0..255"
+            f"{E.PRIORITY_STEPS}={raw!r} must be distinct integers in ascending order within 0..255"
         )
     return steps
 
@@ -187,11 +180,9 @@ def _gpu_memory_limit(raw: str) -> str | None:
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(
-            f"GPUFLEET_GPU_MEMORY_LIMIT={raw!r} must be bytes or a fraction in (0, 1]"
-        ) from None
+        raise SettingsError(f"{E.GPU_MEMORY_LIMIT}={raw!r} must be bytes or a fraction in (0, 1]") from None
     if value <= 0 or (value > 1 and not value.is_integer()):
-        raise SettingsError(f"GPUFLEET_GPU_MEMORY_LIMIT={raw!r} must be bytes or a fraction in (0, 1]")
+        raise SettingsError(f"{E.GPU_MEMORY_LIMIT}={raw!r} must be bytes or a fraction in (0, 1]")
     return raw
 
 
@@ -200,9 +191,9 @@ def restore_interval(visibility_timeout: int) -> int:
 
 
 def from_env(env: Mapping[str, str]) -> Settings:
-    password = env.get("GPUFLEET_BROKER_PASSWORD") or None
-    raw_url = env.get("GPUFLEET_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
-    db = _int(env, "GPUFLEET_BROKER_DB", None)
+    password = env.get(E.BROKER_PASSWORD) or None
+    raw_url = env.get(E.BROKER_URL, "").strip() or contract.DEFAULT_BROKER_URL
+    db = _int(env, E.BROKER_DB, None)
     sentinel = _sentinel(env, raw_url, password, db)
     if sentinel is not None:
         broker_url = _sentinel_url(sentinel)
@@ -210,7 +201,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         broker_url = compose_broker_url(raw_url, password, db)
     broker_use_ssl = _ssl_options(env, broker_url)
 
-    backend = env.get("GPUFLEET_RESULT_BACKEND")
+    backend = env.get(E.RESULT_BACKEND)
     if backend is None:
         result_backend = broker_url
     elif backend.strip().lower() in ("", "none"):
@@ -218,22 +209,26 @@ def from_env(env: Mapping[str, str]) -> Settings:
     else:
         result_backend = backend.strip()
 
-    visibility_timeout = _int(env, "GPUFLEET_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, minimum=1)
-    task_time_limit = _int(env, "GPUFLEET_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT, minimum=0) or None
-    check_time_limit(visibility_timeout, task_time_limit, "GPUFLEET_TASK_TIME_LIMIT")
+    visibility_timeout = _int(env, E.VISIBILITY_TIMEOUT, contract.DEFAULT_VISIBILITY_TIMEOUT, minimum=1)
+    task_time_limit = _int(env, E.TASK_TIME_LIMIT, contract.DEFAULT_TASK_TIME_LIMIT, minimum=0) or None
+    check_time_limit(visibility_timeout, task_time_limit, E.TASK_TIME_LIMIT)
 
-    keyprefix = env.get("GPUFLEET_GLOBAL_KEYPREFIX", "")
+    keyprefix = env.get(E.GLOBAL_KEYPREFIX, "")
+    unacked_key = env.get(E.UNACKED_KEY, "").strip() or contract.UNACKED_KEY
+    separator = contract.separator(env.get(E.PRIORITY_SEP))
     transport_options: dict = {
         "visibility_timeout": visibility_timeout,
-        "sep": contract.separator(env.get("GPUFLEET_PRIORITY_SEP")),
+        "sep": separator,
         # kombu looks for tasks of dead workers every 10 x 10 s by default; tie the sweep to the visibility
         # timeout so that a short one also brings lost tasks back soon.
         "unacked_restore_interval": restore_interval(visibility_timeout),
         "unacked_restore_throttle": 1,
     }
-    steps = _priority_steps(env.get("GPUFLEET_PRIORITY_STEPS", ""))
+    steps = _priority_steps(env.get(E.PRIORITY_STEPS, ""))
     if steps is not None:
         transport_options["priority_steps"] = steps
+    if unacked_key != contract.UNACKED_KEY:
+        transport_options["unacked_key"] = unacked_key
     if keyprefix:
         transport_options["global_keyprefix"] = keyprefix
     result_transport_options: dict = {"global_keyprefix": keyprefix} if keyprefix else {}
@@ -243,10 +238,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
             result_transport_options |= sentinel.transport_options
 
     # Unset: use a GPU if one is visible (a developer's machine); "0": a CPU-only fleet, CuPy is not tried.
-    gpus = _int(env, "GPUFLEET_GPUS", None)
+    gpus = _int(env, E.GPUS, None)
     return Settings(
-        fleet=env.get("GPUFLEET_FLEET", "").strip(),
-        pod_name=env.get("GPUFLEET_POD_NAME", "").strip(),
+        fleet=env.get(E.FLEET, "").strip(),
+        pod_name=env.get(E.POD_NAME, "").strip(),
         broker_url=broker_url,
         broker_use_ssl=broker_use_ssl,
         result_backend=result_backend,
@@ -254,20 +249,23 @@ def from_env(env: Mapping[str, str]) -> Settings:
         result_transport_options=result_transport_options,
         sentinel=sentinel,
         global_keyprefix=keyprefix,
-        queues=_list(env.get("GPUFLEET_QUEUES", "")) or ("celery",),
-        pool=env.get("GPUFLEET_POOL", "").strip() or None,
-        concurrency=_int(env, "GPUFLEET_CONCURRENCY", None, minimum=1),
+        priority_steps=tuple(steps or contract.KOMBU_PRIORITY_STEPS),
+        separator=separator,
+        unacked_key=unacked_key,
+        queues=_list(env.get(E.QUEUES, "")) or ("celery",),
+        pool=env.get(E.POOL, "").strip() or None,
+        concurrency=_int(env, E.CONCURRENCY, None, minimum=1),
         visibility_timeout=visibility_timeout,
         task_time_limit=task_time_limit,
-        soft_shutdown_timeout=_float(env, "GPUFLEET_SOFT_SHUTDOWN_TIMEOUT", None),
-        result_expires=_int(env, "GPUFLEET_RESULT_EXPIRES", 3600, minimum=1),
-        heartbeat_file=env.get("GPUFLEET_HEARTBEAT_FILE", "").strip() or contract.HEARTBEAT_FILE,
-        heartbeat_max_age=_float(env, "GPUFLEET_HEARTBEAT_MAX_AGE", contract.HEARTBEAT_MAX_AGE, minimum=1.0),
-        state_interval=_float(env, "GPUFLEET_STATE_INTERVAL", contract.STATE_INTERVAL_SECONDS, minimum=0.1),
+        soft_shutdown_timeout=_float(env, E.SOFT_SHUTDOWN_TIMEOUT, None),
+        result_expires=_int(env, E.RESULT_EXPIRES, contract.DEFAULT_RESULT_EXPIRES, minimum=1),
+        heartbeat_file=env.get(E.HEARTBEAT_FILE, "").strip() or contract.HEARTBEAT_FILE,
+        heartbeat_max_age=_float(env, E.HEARTBEAT_MAX_AGE, contract.HEARTBEAT_MAX_AGE, minimum=1.0),
+        state_interval=_float(env, E.STATE_INTERVAL, contract.STATE_INTERVAL_SECONDS, minimum=0.1),
         gpus=gpus,
-        require_gpu=_flag(env, "GPUFLEET_REQUIRE_GPU"),
-        gpu_memory_limit=_gpu_memory_limit(env.get("GPUFLEET_GPU_MEMORY_LIMIT", "")),
-        max_payload_bytes=_int(env, "GPUFLEET_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, minimum=1024),
+        require_gpu=_flag(env, E.REQUIRE_GPU),
+        gpu_memory_limit=_gpu_memory_limit(env.get(E.GPU_MEMORY_LIMIT, "")),
+        max_payload_bytes=_int(env, E.MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, minimum=1024),
     )
 
 
@@ -276,10 +274,10 @@ def check_time_limit(visibility_timeout: int, time_limit: float | None, where: s
     if time_limit is None:
         raise SettingsError(
             f"{where} is unset: every task needs a time limit below the visibility timeout "
-            f"({visibility_timeout}s, GPUFLEET_VISIBILITY_TIMEOUT), or Redis hands a long task to a second worker"
+            f"({visibility_timeout}s, {E.VISIBILITY_TIMEOUT}), or Redis hands a long task to a second worker"
         )
     if visibility_timeout <= time_limit:
         raise SettingsError(
-            f"the visibility timeout ({visibility_timeout}s, GPUFLEET_VISIBILITY_TIMEOUT) must exceed the task "
+            f"the visibility timeout ({visibility_timeout}s, {E.VISIBILITY_TIMEOUT}) must exceed the task "
             f"time limit ({time_limit}s, {where}); otherwise Redis hands a still-running task to a second worker"
         )

@@ -198,9 +198,8 @@ class Keeper(threading.Thread):
         """Put back the messages a dead worker of this fleet held (contract.RESTORE_SCRIPT)."""
         s = self.settings
         keys, argv = contract.restore_call(
-            s.global_keyprefix, s.fleet, field, separator=s.transport_options.get("sep", contract.KOMBU_SEP),
-            priority_steps=tuple(s.transport_options.get("priority_steps") or contract.KOMBU_PRIORITY_STEPS),
-            stale_before=stale_before,
+            s.global_keyprefix, s.fleet, field, separator=s.separator, priority_steps=s.priority_steps,
+            unacked_key=s.unacked_key, stale_before=stale_before,
         )  # fmt: skip
         restored = self.client.eval(contract.RESTORE_SCRIPT, len(keys), *keys, *argv)
         if restored and restored > 0:
