@@ -1,0 +1,95 @@
+"""gpufleet's trade-off curve against every KEDA and Ray Serve setting, on seeded traces of every family.
+
+    python benchmarks/policy_fronts.py [--seeds N] [--sizes 10,40,80] [--families a,b] [--jobs 2]
+                                       [--save FILE.json | --load FILE.json] [--listing] [--plot FILE.png]
+
+For each trace (family x seed) and maxReplicas it runs gpufleet over targetWaitSeconds 30 to 960 s and its
+default, KEDA over listLength 1 to 20 x cooldownPeriod 60/300 s and Ray Serve over target_ongoing_requests
+1/2/4 (gpufleet_tools/simulate/fronts.py), then prints per family and size the share of traces where
+gpufleet's curve reaches every rival point (GPU-hours within 1.02x and p95 within 1 s), where no rival point
+dominates gpufleet's default, where a lower target never gave a higher p95, where gpufleet's lowest p95 is as
+low as any rival's, and where it makes no more scale events than KEDA at the same p95; then the worst cases.
+`--listing` prints one row per trace instead of the summary (docs/policy-fronts.md is that listing).
+Simulated figures, not measured on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from gpufleet_tools.simulate.families import FAMILIES
+from gpufleet_tools.simulate.fronts import SIZES, as_dict, from_dicts, judge, listing, plot, summary, sweep, worst
+
+
+def _one(job: tuple[str, int, int]) -> tuple[str, int, int, list[dict]]:
+    name, seed, size = job
+    return name, seed, size, as_dict(sweep(name, seed, size))
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=25, help="seeds 0..N-1 of every family (default 25: 200 traces)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--sizes", type=_ints, default=list(SIZES), help="maxReplicas (default 10,40,80)")
+    p.add_argument("--families", default=",".join(FAMILIES), help="default: every family")
+    p.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--save", type=Path, help="write every point to this JSON file")
+    p.add_argument("--load", type=Path, help="read the points from a --save file instead of simulating")
+    p.add_argument("--listing", action="store_true", help="print one row per trace and size instead")
+    p.add_argument("--plot", type=Path, help="draw the fronts of each family's first seed at the first size")
+    args = p.parse_args()
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        print(f"no family {unknown[0]!r}; the families are {', '.join(FAMILIES)}", file=sys.stderr)
+        return 2
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(name, seed, size) for size in args.sizes for name in families for seed in seeds]
+    started = time.monotonic()
+    if args.load:
+        saved = json.loads(args.load.read_text())
+        results = {(r["family"], r["seed"], r["size"]): from_dicts(r["points"]) for r in saved}
+        results = {job: results[job] for job in jobs}
+    else:
+        results = {}
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for name, seed, size, points in pool.map(_one, jobs, chunksize=1):
+                results[(name, seed, size)] = from_dicts(points)
+                if os.environ.get("FRONTS_PROGRESS"):
+                    print(f"{len(results)}/{len(jobs)} {name}-{seed} @{size}", file=sys.stderr, flush=True)
+    if args.save:
+        rows = [
+            {"family": n, "seed": s, "size": z, "points": as_dict(points)}
+            for (n, s, z), points in results.items()
+        ]
+        args.save.write_text(json.dumps(rows))
+    verdicts = [judge(f"{n}-{s}", z, results[(n, s, z)]) for (n, s, z) in jobs]
+    if args.listing:
+        print(listing(verdicts))
+    else:
+        print(summary(verdicts))
+        print()
+        print("Worst cases (the rival point furthest out of gpufleet's reach):")
+        for v in worst(verdicts):
+            print(f"- {v.trace} at maxReplicas {v.size}: {v.worst}")
+        print(f"\n{len(jobs)} traces x sizes in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    if args.plot:
+        size = args.sizes[0]
+        fronts = {f"{n}-{args.first_seed}": results[(n, args.first_seed, size)] for n in families}
+        plot(fronts, args.plot, size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
