@@ -24,12 +24,22 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from gpufleet_tools.simulate.families import FAMILIES
-from gpufleet_tools.simulate.fronts import SIZES, as_dict, from_dicts, judge, listing, plot, summary, sweep, worst
+from gpufleet_tools.simulate.fronts import (
+    SIZES,
+    as_dict,
+    from_dicts,
+    judge,
+    listing,
+    plot,
+    summary,
+    sweep,
+    worst,
+)
 
 
-def _one(job: tuple[str, int, int]) -> tuple[str, int, int, list[dict]]:
-    name, seed, size = job
-    return name, seed, size, as_dict(sweep(name, seed, size))
+def _one(job: tuple[str, int, int, tuple[str, ...]]) -> tuple[str, int, int, list[dict]]:
+    name, seed, size, only = job
+    return name, seed, size, as_dict(sweep(name, seed, size, only))
 
 
 def _ints(text: str) -> list[int]:
@@ -38,13 +48,25 @@ def _ints(text: str) -> list[int]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=25, help="seeds 0..N-1 of every family (default 25: 200 traces)")
+    p.add_argument(
+        "--seeds", type=int, default=25, help="seeds 0..N-1 of every family (default 25: 200 traces)"
+    )
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--sizes", type=_ints, default=list(SIZES), help="maxReplicas (default 10,40,80)")
     p.add_argument("--families", default=",".join(FAMILIES), help="default: every family")
     p.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
     p.add_argument("--save", type=Path, help="write every point to this JSON file")
-    p.add_argument("--load", type=Path, help="read the points from a --save file instead of simulating")
+    p.add_argument(
+        "--systems",
+        default="gpufleet,keda,ray-serve",
+        help="sweep only these systems (with --load: the others' points come from the files)",
+    )
+    p.add_argument(
+        "--load",
+        type=Path,
+        action="append",
+        help="read points from --save files (repeatable) for the systems not swept",
+    )
     p.add_argument("--listing", action="store_true", help="print one row per trace and size instead")
     p.add_argument("--plot", type=Path, help="draw the fronts of each family's first seed at the first size")
     args = p.parse_args()
@@ -57,17 +79,20 @@ def main() -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(name, seed, size) for size in args.sizes for name in families for seed in seeds]
     started = time.monotonic()
-    if args.load:
-        saved = json.loads(args.load.read_text())
-        results = {(r["family"], r["seed"], r["size"]): from_dicts(r["points"]) for r in saved}
-        results = {job: results[job] for job in jobs}
-    else:
-        results = {}
+    swept = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    results: dict[tuple[str, int, int], list] = {job: [] for job in jobs}
+    for path in args.load or ():
+        for r in json.loads(path.read_text()):
+            key = (r["family"], r["seed"], r["size"])
+            if key in results:
+                results[key] += [p for p in from_dicts(r["points"]) if p.system not in swept]
+    if not args.load or swept:
+        todo = [(*job, swept) for job in jobs]
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for name, seed, size, points in pool.map(_one, jobs, chunksize=1):
-                results[(name, seed, size)] = from_dicts(points)
+            for i, (name, seed, size, points) in enumerate(pool.map(_one, todo, chunksize=1)):
+                results[(name, seed, size)] += from_dicts(points)
                 if os.environ.get("FRONTS_PROGRESS"):
-                    print(f"{len(results)}/{len(jobs)} {name}-{seed} @{size}", file=sys.stderr, flush=True)
+                    print(f"{i + 1}/{len(jobs)} {name}-{seed} @{size}", file=sys.stderr, flush=True)
     if args.save:
         rows = [
             {"family": n, "seed": s, "size": z, "points": as_dict(points)}

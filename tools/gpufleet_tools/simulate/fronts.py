@@ -16,7 +16,14 @@ import numpy as np
 
 from gpufleet_tools.simulate.engine import Policy, Run, simulate
 from gpufleet_tools.simulate.families import FAMILIES, family, family_setup
-from gpufleet_tools.simulate.policies import Gpufleet, Keda, KedaSettings, RayServe, RaySettings, gpufleet_spec
+from gpufleet_tools.simulate.policies import (
+    Gpufleet,
+    Keda,
+    KedaSettings,
+    RayServe,
+    RaySettings,
+    gpufleet_spec,
+)
 
 SIZES = (10, 40, 80)
 TARGETS = (30, 60, 120, 240, 480, 960)  # gpufleet's targetWaitSeconds; None: the default
@@ -139,7 +146,10 @@ def _gap(r: Point, ours: Sequence[Point]) -> tuple[float, str]:
         gap = max(0.0, best.gpu_hours / (r.gpu_hours * GPU_SLACK) - 1)
         return gap, f"{best.knob}: {best.gpu_hours:.2f} GPU-h at p95 {best.p95_s:.0f} s"
     best = min(ours, key=lambda g: g.p95_s)
-    return 1 + best.p95_s - r.p95_s, f"lowest p95 {best.p95_s:.0f} s ({best.knob}, {best.gpu_hours:.2f} GPU-h)"
+    return (
+        1 + best.p95_s - r.p95_s,
+        f"lowest p95 {best.p95_s:.0f} s ({best.knob}, {best.gpu_hours:.2f} GPU-h)",
+    )
 
 
 def judge(trace: str, size: int, points: Sequence[Point]) -> Verdict:
@@ -158,7 +168,9 @@ def judge(trace: str, size: int, points: Sequence[Point]) -> Verdict:
     worst, gap = "", 0.0
     if misses:
         r, gap, answer = max(misses, key=lambda m: m[1])
-        worst = f"{r.system} {r.knob}: {r.gpu_hours:.2f} GPU-h at p95 {r.p95_s:.0f} s; gpufleet's best: {answer}"
+        worst = (
+            f"{r.system} {r.knob}: {r.gpu_hours:.2f} GPU-h at p95 {r.p95_s:.0f} s; gpufleet's best: {answer}"
+        )
     return Verdict(
         trace,
         size,
@@ -190,7 +202,9 @@ def parse_listing(text: str) -> list[Verdict]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         trace, size, *flags, interrupted = cells
         curve, default, monotone, lowest, calmer = (f == "yes" for f in flags)
-        out.append(Verdict(trace, int(size), curve, default, monotone, lowest, calmer, int(interrupted), "", 0))
+        out.append(
+            Verdict(trace, int(size), curve, default, monotone, lowest, calmer, int(interrupted), "", 0)
+        )
     return out
 
 
