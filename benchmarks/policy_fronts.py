@@ -1,7 +1,9 @@
 """gpufleet's trade-off curve against every KEDA and Ray Serve setting, on seeded traces of every family.
 
     python benchmarks/policy_fronts.py [--seeds N] [--sizes 10,40,80] [--families a,b] [--jobs 2]
-                                       [--save FILE.json | --load FILE.json] [--listing] [--plot FILE.png]
+                                       [--save FILE.json] [--listing] [--plot FILE.png]
+    python benchmarks/policy_fronts.py --load FILE.json --systems gpufleet   # the rivals' points read back
+
 
 For each trace (family x seed) and maxReplicas it runs gpufleet over targetWaitSeconds 30 to 960 s and its
 default, KEDA over listLength 1 to 20 x cooldownPeriod 60/300 s and Ray Serve over target_ongoing_requests
@@ -68,7 +70,8 @@ def main() -> int:
         help="read points from --save files (repeatable) for the systems not swept",
     )
     p.add_argument("--listing", action="store_true", help="print one row per trace and size instead")
-    p.add_argument("--plot", type=Path, help="draw the fronts of each family's first seed at the first size")
+    p.add_argument("--plot", type=Path, help="draw the fronts of each family's first seed at --plot-size")
+    p.add_argument("--plot-size", type=int, default=40, help="maxReplicas of the plot (default 40)")
     args = p.parse_args()
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -110,7 +113,7 @@ def main() -> int:
             print(f"- {v.trace} at maxReplicas {v.size}: {v.worst}")
         print(f"\n{len(jobs)} traces x sizes in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if args.plot:
-        size = args.sizes[0]
+        size = args.plot_size
         fronts = {f"{n}-{args.first_seed}": results[(n, args.first_seed, size)] for n in families}
         plot(fronts, args.plot, size)
     return 0

@@ -252,7 +252,11 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
             if enough is not None
             else f"start them as soon as new pods are worth their start-up (target {_fmt(wait)}s)"
         )
-    steady = min(math.floor(arrival * service / k + 0.5), current)
+    # A pod the steady load keeps busy at least half the time stays (by default); under a target longer than the
+    # default only a busier one (a queue may build for as long as the target allows: at twice the default, one
+    # busy three quarters of the time), under a shorter one a less busy one too.
+    keep = min(0.5 * max(startup, service) / wait, 0.99)
+    steady = min(math.floor(arrival * service / k + keep), current)
     wanted = max(backlog, steady)
     why = (
         f"{_fmt(arrival)} tasks/s arriving, {_fmt(service)}s per task, {_fmt(startup)}s start-up: "

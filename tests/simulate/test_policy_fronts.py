@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet_tools.simulate.fronts import Point, judge, listing, parse_listing, summary, sweep
+from gpufleet_tools.simulate.fronts import TARGETS, Point, judge, listing, parse_listing, summary, sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_the_listing_reads_back_and_adds_up_per_family():
 def test_a_sweep_runs_every_system_s_grid():
     points = sweep("rare", 0, 10, only=("gpufleet", "ray-serve"))
     assert [p.knob for p in points if p.system == "gpufleet"][0] == "default"
-    assert len([p for p in points if p.system == "gpufleet"]) == 7
+    assert len([p for p in points if p.system == "gpufleet"]) == len(TARGETS) + 1
     assert len([p for p in points if p.system == "ray-serve"]) == 3
     assert all(p.interrupted == 0 for p in points if p.system == "gpufleet")
 

@@ -26,7 +26,7 @@ from gpufleet_tools.simulate.policies import (
 )
 
 SIZES = (10, 40, 80)
-TARGETS = (30, 60, 120, 240, 480, 960)  # gpufleet's targetWaitSeconds; None: the default
+TARGETS = (30, 45, 60, 90, 120, 180, 240, 360, 480, 720, 960)  # gpufleet's targetWaitSeconds; None: default
 LIST_LENGTHS = tuple(range(1, 21))
 COOLDOWNS = (60, 300)
 RAY_TARGETS = (1, 2, 4)
