@@ -30,7 +30,7 @@ from gpufleet.model import (
     PodWrite,
     Snapshot,
 )
-from gpufleet.policy import Decision, decide, demand, seeded
+from gpufleet.policy import Decision, Recommendation, decide, recommend, seeded
 from gpufleet.resources import (
     BUSY_DELETION_COST,
     busy_pdb,
@@ -138,7 +138,11 @@ class _Prepared:
     snap: Snapshot
     state: FleetState  # with the history seeded, the probe's backoff and the meter updated
     obs: Observation | None  # None: nothing to decide (invalid spec, or no Deployment yet)
-    demand: int = 0
+    recommended: Recommendation | None = None  # worked out once: the budget's claim and the decision's start
+
+    @property
+    def demand(self) -> int:
+        return self.recommended.pods if self.recommended else 0
 
 
 def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
@@ -158,7 +162,7 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
         backoff = min(poll * 2**failures, MAX_BACKOFF_SECONDS)
         state = replace(state, history=history, failures=failures, next_probe=snap.now + backoff)
         obs = Observation(now=snap.now, depth=None, current=current)
-        return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
+        return _Prepared(snap, state, obs, recommend(spec.scaling, obs, history))
     pods, workers = snap.pods, snap.reading.workers
     live = {name: p for name, p in pods.items() if not p.terminating}
     created = {name: p.created for name, p in live.items() if p.created is not None}
@@ -189,7 +193,7 @@ def _prepare(snap: Snapshot, state: FleetState) -> _Prepared:
     )
     next_probe = next_poll(snap.now, poll, snap.uid)
     state = replace(state, history=history, meter=meter, failures=0, next_probe=next_probe)
-    return _Prepared(snap, state, obs, demand(spec.scaling, obs, history))
+    return _Prepared(snap, state, obs, recommend(spec.scaling, obs, history))
 
 
 def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
@@ -197,7 +201,8 @@ def _plan(p: _Prepared, share: Share | None, gpu_budget: int | None) -> Plan:
     stamp = model.rfc3339(snap.now)
     decision = None
     if p.obs is not None:
-        decision = decide(spec.scaling, replace(p.obs, budget=share.pods if share else None), state.history)
+        budget = share.pods if share else None
+        decision = decide(spec.scaling, replace(p.obs, budget=budget), state.history, p.recommended)
     current = snap.deployment.replicas if snap.deployment else None
 
     rejected = state.rejected if state.rejected and state.rejected[0] == snap.generation else None

@@ -17,6 +17,7 @@ from gpufleet.spec import ScalingSpec
 # a pod asked that much later is ready that much later (a quarter of what a new pod makes its tasks wait anyway),
 # and a pod already due to go that goes that much later idles no longer than a quarter of a start-up.
 GATHER_SHARE = 0.25
+GAPS_KEPT = 8  # idle gaps the history remembers: what a warm pod held through the next one would be worth
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class History:
     # whether one more has become ready since (the cause is fixed: scaling goes on as usual).
     ready_when_failing: int | None = None
     started_since: bool = False
+    # Learned from the fleet's own load: the last GAPS_KEPT idle gaps, in seconds (from nothing queued or
+    # running to the next task), oldest first. Shown in status.idleGaps.
+    gaps: tuple[float, ...] = ()
 
 
 def seeded(now: float, current: int) -> History:
@@ -57,7 +61,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: float) -> tuple[int, str]:
+def _recommend(
+    spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: float, gaps: tuple[float, ...] = ()
+) -> tuple[int, str]:
     """What the load asks for, before windows, steps and limits."""
     load = depth.total
     seen = f"{depth.queued} queued + {depth.reserved} running"
@@ -67,6 +73,8 @@ def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: flo
         idle_for = obs.now - last_busy
         if idle_for >= spec.idle_seconds_before_zero:
             return 0, f"nothing queued or running for {spec.idle_seconds_before_zero}s"
+        if not _warm_pays(spec, obs, gaps):
+            return 0, "nothing queued or running; no warm pod kept (" + _why_cold(spec, obs) + ")"
         # No elapsed seconds in this text: the reason goes into the status, which must not change every tick.
         return 1, f"nothing queued or running; zero after {spec.idle_seconds_before_zero}s idle"
     if obs.current == 0 and depth.queued < spec.activation_threshold:
@@ -87,6 +95,27 @@ def _recommend(spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: flo
 def _fmt(x: float) -> str:
     """A measured figure to two significant digits, so that a reason changes only when a figure does."""
     return f"{x:.2g}" if x < 100 else f"{x:.0f}"
+
+
+def _warm_pays(spec: ScalingSpec, obs: Observation, gaps: tuple[float, ...]) -> bool:
+    """Whether a pod kept warm through an idle gap (up to idleSecondsBeforeZero) is worth its GPU time. Under the
+    wait target, only if a task arriving to no pod would wait longer than the target (a start-up), and the
+    fleet's own idle gaps say the next task is likely to come while the pod is kept: at least half of the last
+    ones were shorter than idleSecondsBeforeZero (none learned yet: it is kept). Otherwise, and without a wait
+    target, it is kept, as idleSecondsBeforeZero says."""
+    if not _sized_for_wait(spec, obs):
+        return True
+    if obs.startup_s <= wait_target(spec, obs.service_s, obs.startup_s):
+        return False
+    if not gaps:
+        return True
+    return 2 * sum(1 for g in gaps if g <= spec.idle_seconds_before_zero) >= len(gaps)
+
+
+def _why_cold(spec: ScalingSpec, obs: Observation) -> str:
+    if obs.startup_s <= wait_target(spec, obs.service_s, obs.startup_s):
+        return "a start-up meets the wait target"
+    return f"most idle gaps are longer than {spec.idle_seconds_before_zero}s"
 
 
 @dataclass(frozen=True)
@@ -204,10 +233,16 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
         how = f"start them within {_fmt(wait)}s"
     else:
         left = max(0.0, queued + arrival * startup - fleet.starts(startup, before=startup))
-        overhead = max(startup + spec.scale_down_stabilization_seconds, 1.0)
+        # The pods worth their start-up drain what is left within what each costs beyond its work, or, under a
+        # target shorter than the default, within that share of it: the target bounds their worth.
+        share = min(1.0, wait / max(startup, service, 1.0))
+        overhead = max((startup + spec.scale_down_stabilization_seconds) * share, 1.0)
         worth = math.floor((left / overhead + arrival) * service / k) - current
         shrinks = math.floor(arrival * service / k) + 1 - current if left > 0 else 0
         new = min(math.ceil(left / k), max(worth, shrinks, 0))
+        if wait < startup:
+            # Asked to start tasks sooner than a pod starts: only a pod for every task left can come close.
+            new = math.ceil(left / k)
         enough = _least(
             1, new, lambda n: fleet.plus(n, startup).starts_in_time(queued, arrival, wait, startup)
         )
@@ -217,7 +252,11 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
             if enough is not None
             else f"start them as soon as new pods are worth their start-up (target {_fmt(wait)}s)"
         )
-    steady = min(math.floor(arrival * service / k + 0.5), current)
+    # A pod the steady load keeps busy at least half the time stays (by default); under a target longer than the
+    # default only a busier one (a queue may build for as long as the target allows: at twice the default, one
+    # busy three quarters of the time), under a shorter one a less busy one too.
+    keep = min(0.5 * max(startup, service) / wait, 0.99)
+    steady = min(math.floor(arrival * service / k + keep), current)
     wanted = max(backlog, steady)
     why = (
         f"{_fmt(arrival)} tasks/s arriving, {_fmt(service)}s per task, {_fmt(startup)}s start-up: "
@@ -230,13 +269,29 @@ def _window(history: tuple[tuple[float, int], ...], now: float, seconds: float) 
     return [r for t, r in history if t >= now - seconds]
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """What the load alone asks for, worked out once per fleet per tick: the budget's claim (`pods`) and the
+    start of `decide`, which takes it rather than work it out again."""
+
+    pods: int  # within [min, max]
+    wanted: int  # before [min, max]
+    why: str
+    last_busy: float | None  # None: paused or the depth unknown (nothing recommended)
+
+
+def recommend(spec: ScalingSpec, obs: Observation, history: History = History()) -> Recommendation:
+    if spec.paused or obs.depth is None:
+        return Recommendation(obs.current, obs.current, "", None)
+    last_busy = _last_busy(obs, history)
+    wanted, why = _recommend(spec, obs, obs.depth, last_busy, history.gaps)
+    return Recommendation(min(max(wanted, spec.min_replicas), spec.max_replicas), wanted, why, last_busy)
+
+
 def demand(spec: ScalingSpec, obs: Observation, history: History = History()) -> int:
     """What the load alone asks for, within [min, max]: a fleet's claim on a shared GPU budget. It is the
     `recommendation` that `decide` reports, known before the budget is divided."""
-    if spec.paused or obs.depth is None:
-        return obs.current
-    wanted, _ = _recommend(spec, obs, obs.depth, _last_busy(obs, history))
-    return min(max(wanted, spec.min_replicas), spec.max_replicas)
+    return recommend(spec, obs, history).pods
 
 
 def _last_busy(obs: Observation, history: History) -> float:
@@ -258,8 +313,14 @@ def _stall(obs: Observation, history: History) -> tuple[History, bool]:
     return dataclasses.replace(history, ready_when_failing=mark, started_since=started), not started
 
 
-def decide(spec: ScalingSpec, obs: Observation, history: History = History()) -> Decision:
-    """Desired replicas for one fleet, with the reason that goes into its status and Events."""
+def decide(
+    spec: ScalingSpec,
+    obs: Observation,
+    history: History = History(),
+    recommended: Recommendation | None = None,
+) -> Decision:
+    """Desired replicas for one fleet, with the reason that goes into its status and Events. `recommended` is
+    `recommend`'s answer for the same spec, observation (its budget aside) and history, when the caller has it."""
     current = obs.current
     if spec.paused:
         return Decision(current, f"paused: holding {current}", current, history)
@@ -273,13 +334,17 @@ def decide(spec: ScalingSpec, obs: Observation, history: History = History()) ->
 
     depth = obs.depth
     paced = _sized_for_wait(spec, obs)
-    last_busy = _last_busy(obs, history)
-    wanted, why = _recommend(spec, obs, depth, last_busy)
-    recommendation = min(max(wanted, spec.min_replicas), spec.max_replicas)
+    rec = recommended if recommended is not None else recommend(spec, obs, history)
+    last_busy, wanted, why, recommendation = rec.last_busy, rec.wanted, rec.why, rec.pods
     longest = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     kept = tuple((t, r) for t, r in history.recommendations if t >= obs.now - longest)
+    gaps = history.gaps
+    if depth.total > 0 and history.last_busy is not None:
+        gap = obs.now - history.last_busy
+        if gap >= 2 * spec.poll_interval_seconds:  # a tick or more saw nothing queued or running
+            gaps = (*gaps, round(gap, 1))[-GAPS_KEPT:]
     new_history = dataclasses.replace(
-        history, recommendations=kept + ((obs.now, recommendation),), last_busy=last_busy
+        history, recommendations=kept + ((obs.now, recommendation),), last_busy=last_busy, gaps=gaps
     )
 
     limited_by, held = (

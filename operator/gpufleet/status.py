@@ -129,6 +129,8 @@ def body(
         status["gpuShare"] = {"gpus": share.gpus, "budget": budget, "reason": share.reason}
     if decision is not None:
         status |= {"desiredReplicas": decision.replicas, "reason": decision.reason}
+        if decision.history.gaps:  # what the policy learned: it keeps a warm pod only if these are short
+            status["idleGaps"] = ", ".join(f"{g:.0f}" for g in decision.history.gaps)
     desired = (
         decision.replicas if decision is not None else replicas.replicas if replicas is not None else None
     )

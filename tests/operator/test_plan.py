@@ -305,9 +305,9 @@ def test_the_observation_counts_ready_and_starting_pods_and_slots(monkeypatch):
     seen = []
     real = plan_module.decide
 
-    def spy(spec, obs, history):
+    def spy(spec, obs, history, recommended=None):
         seen.append(obs)
-        return real(spec, obs, history)
+        return real(spec, obs, history, recommended)
 
     monkeypatch.setattr(plan_module, "decide", spy)
     pods = {

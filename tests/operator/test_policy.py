@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet.model import Depth, Observation
-from gpufleet.policy import History, decide, seeded
+from gpufleet.policy import History, decide, recommend, seeded
 from gpufleet.spec import ScalingSpec
 
 BASE = ScalingSpec(
@@ -488,6 +488,26 @@ WAIT_TABLE = [
         ["2 pods start them within 60s"],
     ),
     (
+        "a target shorter than a start-up gets a pod for every task left when pods are ready",
+        spec(target_wait_seconds=30, max_replicas=50, max_step_up=100),
+        # No number of new pods starts the 40 queued within 30 s (a pod takes 60 s to start). The 2 busy workers
+        # start 6 by then; each of the 34 left gets a pod, not only the 3 that would be worth their start-up
+        # under the default target (the case above).
+        measured(100, 40, 2, 2, service=20, startup=60),
+        36,
+        ["36 pods start them as soon as new pods are worth their start-up (target 30s)"],
+    ),
+    (
+        "a target between a start-up and the default gets the pods that meet it",
+        spec(target_wait_seconds=100, max_replicas=50, max_step_up=100),
+        # By 100 s the 2 busy workers start 2 x 100/200 = 1 task, each new pod 1 + 40/200 = 1.2: 33 new pods
+        # start the 40 queued in time (the default target, the 200 s service time, needs 23). Their worth is
+        # bounded by half of what each costs (100 s of the default's 200): not binding here.
+        measured(100, 40, 2, 2, service=200, startup=60),
+        35,
+        ["35 pods start them within 100s"],
+    ),
+    (
         "slots per pod count",
         spec(target_wait_seconds=60, max_step_up=100),
         # 3 slots per pod: 2 busy pods start 6 tasks every 20 s, 18 by 60 s, so 18 queued need no new pod.
@@ -506,6 +526,39 @@ def test_wait_table(case, s, obs, expected, words):
     assert d.recommendation == expected, d.reason
     for word in words:
         assert word in d.reason, d.reason
+
+
+def test_the_recommendation_worked_out_once_is_the_one_decide_works_out():
+    for obs in (measured(100, 40, 2, 2), measured(100, 0, 0, 1), Observation(100, Depth(5, 1), 2)):
+        history = hist((90.0, 3), last_busy=95.0)
+        rec = recommend(WAIT, obs, history)
+        assert decide(WAIT, obs, history, rec) == decide(WAIT, obs, history)
+        assert rec.pods == decide(WAIT, obs, history).recommendation
+
+
+def test_a_warm_pod_is_kept_through_idle_gaps_only_when_it_pays():
+    idle = measured(100, 0, 0, 1, startup=60, service=20)
+    # The default target (the start-up): a new pod meets it, so none is kept idle.
+    d = decide(WAIT, idle, History(last_busy=90.0))
+    assert d.recommendation == 0 and "a start-up meets the wait target" in d.reason
+    # A target shorter than a start-up: kept while nothing is learned, or most idle gaps were short...
+    short = dataclasses.replace(WAIT, target_wait_seconds=30)
+    assert decide(short, idle, History(last_busy=90.0)).recommendation == 1
+    assert decide(short, idle, History(last_busy=90.0, gaps=(100.0, 900.0))).recommendation == 1
+    # ...not when most were longer than idleSecondsBeforeZero (300 s).
+    d = decide(short, idle, History(last_busy=90.0, gaps=(100.0, 900.0, 1200.0)))
+    assert d.recommendation == 0 and "most idle gaps are longer than 300s" in d.reason
+    # Without the wait target, idleSecondsBeforeZero alone decides.
+    assert decide(WAIT, Observation(100, Depth(0, 0), 1), History(last_busy=90.0)).recommendation == 1
+
+
+def test_idle_gaps_are_learned_from_the_fleet_s_own_load():
+    history = History(last_busy=100.0, gaps=tuple(float(g) for g in range(8)))
+    # Busy again 250 s after the last busy tick: one gap more, the oldest forgotten.
+    d = decide(WAIT, measured(350, 2, 0, 0), history)
+    assert d.history.gaps == (*range(1, 8), 250.0) and d.history.last_busy == 350
+    # Busy at the next tick: no gap.
+    assert decide(WAIT, measured(101, 2, 0, 0), history).history.gaps == history.gaps
 
 
 def test_until_measured_target_per_replica_sizes_the_fleet():
@@ -624,3 +677,20 @@ def test_wait_sizing_properties(run):
         if sized and not m["arrival_rate"] and depth.total:
             assert d.recommendation <= max(s.min_replicas, current + -(-depth.queued // m["slots"])), d.reason
         history, current = d.history, d.replicas
+
+
+@settings(max_examples=300, deadline=None)
+@given(depths.filter(lambda d: d is not None), measurements, st.integers(0, 20), st.floats(0, 900))
+def test_a_lower_wait_target_never_asks_for_fewer_pods(depth, m, current, idle_for):
+    ready = None if m["ready"] is None else min(m["ready"], current)
+    starting = tuple(m["ages"][: current - (ready if ready is not None else current)])
+    obs = Observation(1000, depth, current, service_s=m["service_s"], startup_s=m["startup_s"],
+                      arrival_rate=m["arrival_rate"], slots=m["slots"], ready=ready, starting=starting)  # fmt: skip
+    history = History(last_busy=1000 - idle_for, gaps=(100.0, 2000.0))
+    asked = [
+        decide(
+            dataclasses.replace(WAIT, max_replicas=500, target_wait_seconds=t), obs, history
+        ).recommendation
+        for t in (3600, 960, 480, 240, 120, 60, 30, 1)
+    ]
+    assert asked == sorted(asked), asked

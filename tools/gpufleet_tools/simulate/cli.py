@@ -49,6 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"a built-in trace ({', '.join(BUILT_IN)}), a CSV file with the columns arrival_s,service_s "
         "and optionally priority, or 'all' for every built-in trace (default: night-batch)",
     )
+    p.add_argument(
+        "--family",
+        metavar="NAME",
+        help="instead of --trace, a trace drawn from a family (see gpufleet_tools/simulate/families.py) by "
+        "--seed, sized to each --max-replicas, on the family's cluster: start-ups drawn for the seed (20 s to "
+        "3 minutes, warm and cold nodes), in place of --startup-s, --startup-spread and --cold-node-s",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "--markdown",
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gpufleet.spec import SpecError
     from gpufleet_tools.simulate.engine import Setup, simulate
+    from gpufleet_tools.simulate.families import FAMILIES, family, family_setup
     from gpufleet_tools.simulate.policies import (
         DRAIN_WITHIN_S,
         KedaSettings,
@@ -198,22 +206,31 @@ def run(args: argparse.Namespace) -> int:
         drain_within_s = args.drain_within_s or specs[0].drain_within_seconds or DRAIN_WITHIN_S
         # Checked against the CRD as a spec field would be (its maximum, for one).
         gpufleet_spec({**overrides, "drainWithinSeconds": str(drain_within_s)})
-        traces = [load(name, args.seed) for name in (BUILT_IN if args.trace == "all" else [args.trace])]
+        if args.family is not None and args.family not in FAMILIES:
+            raise SpecError("--family", f"no family {args.family!r}; the families are {', '.join(FAMILIES)}")
+        if args.family is None:
+            traces = [load(name, args.seed) for name in (BUILT_IN if args.trace == "all" else [args.trace])]
     except (SpecError, TraceError) as exc:
         print(f"gpufleet simulate: {exc}", file=sys.stderr)
         return 2
-    setup = Setup(
-        startup_s=args.startup_s,
-        startup_spread=args.startup_spread,
-        slots=args.slots,
-        gpus=args.gpus,
-        redelivery_s=args.redelivery_s,
-        grace_s=args.grace_s,
-        stall_s=args.stall_s,
-        cold_node_s=args.cold_node_s,
-        node_idle_s=args.node_idle_s,
-        seed=args.seed,
-    )
+    common = {
+        "slots": args.slots,
+        "gpus": args.gpus,
+        "redelivery_s": args.redelivery_s,
+        "grace_s": args.grace_s,
+        "stall_s": args.stall_s,
+        "node_idle_s": args.node_idle_s,
+    }
+    if args.family is not None:
+        setup = family_setup(args.family, args.seed, **common)
+    else:
+        setup = Setup(
+            startup_s=args.startup_s,
+            startup_spread=args.startup_spread,
+            cold_node_s=args.cold_node_s,
+            seed=args.seed,
+            **common,
+        )
     # Off a terminal (a file, the README) rich would wrap the table at 80 columns; 150 fit every column.
     console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
     results, rows = {}, []
@@ -244,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         }
         per_trace = {}
+        if args.family is not None:
+            traces = [family(args.family, args.seed, spec.max_replicas * setup.slots)]
         for trace in traces:
             policies = [
                 policy

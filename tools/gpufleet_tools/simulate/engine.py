@@ -137,6 +137,7 @@ class _Pod:
     stopping: bool = False
     done: int = 0  # tasks finished since its worker started: the `done` counter it publishes
     since: float = 0.0  # when it last went from idle to busy or back: the `since` it publishes
+    entry: WorkerState | None = None  # its published entry, rebuilt when one of its fields changes
 
 
 class _Simulation:
@@ -148,6 +149,7 @@ class _Simulation:
         self.queued = self.running = self.awaiting = 0
         self.attempt = [0] * n  # bumped when a run is killed, so its DONE event is ignored
         self.pods: dict[int, _Pod] = {}  # live pods, stopping ones included
+        self.active = 0  # of those, the ones not stopping: the Deployment's replicas
         self.pod_ids = itertools.count()
         self.events: list[tuple[float, int, int, int, object]] = []
         self.seq = itertools.count()
@@ -170,22 +172,30 @@ class _Simulation:
         return next(lst for lst in self.lists.values() if lst).popleft()
 
     def _dispatch(self, now: float) -> None:
-        while self.queued:
-            free = [
-                p
-                for p in self.pods.values()
-                if p.ready and not p.stopping and len(p.running) < self.setup.slots
-            ]
-            if not free:
-                return
-            pod = min(free, key=lambda p: (p.free_since, p.id))
+        if not self.queued:
+            return
+        slots = self.setup.slots
+        # The free pods, the one free longest first; a pod that takes a task and still has a free slot goes
+        # back in with its free_since unchanged, as the min over every free pod would pick it again.
+        free = [
+            (p.free_since, p.id, p)
+            for p in self.pods.values()
+            if p.ready and not p.stopping and len(p.running) < slots
+        ]
+        heapq.heapify(free)
+        while self.queued and free:
+            _, _, pod = free[0]
             if not pod.running:
                 pod.since = now
+                pod.entry = None
             task = self._pop()
             pod.running[task] = now
+            pod.entry = None
             self.running += 1
             self.run.started[task] = now
             self.at(now + self.trace.tasks[task].service_s, DONE, (pod.id, task, self.attempt[task]))
+            if len(pod.running) >= slots:
+                heapq.heappop(free)
 
     # ---- pods -------------------------------------------------------------------------------------------
 
@@ -204,6 +214,7 @@ class _Simulation:
         pid = next(self.pod_ids)
         ready_at = now if warm else now + self._startup(now)
         self.pods[pid] = _Pod(pid, now, ready_at, warm, now, since=now)
+        self.active += 1
         if not warm:
             self.at(ready_at, READY, pid)
 
@@ -215,6 +226,7 @@ class _Simulation:
 
     def _interrupt(self, now: float, pod: _Pod, task: int) -> None:
         self.run.lost_work_s += now - pod.running.pop(task)
+        pod.entry = None
         self.running -= 1
         self.attempt[task] += 1
         self.run.interrupted += 1
@@ -248,12 +260,26 @@ class _Simulation:
             self._create(now, warm=False)
         for pod in sorted(active, key=self._victim_rank)[: max(0, len(active) - replicas)]:
             pod.stopping = True
+            self.active -= 1
             if not pod.running:
                 self._gone(now, pod)
             elif self.grace_s > 0:
                 self.at(now + self.grace_s, KILL, pod.id)
             else:
                 self._kill(now, pod)
+
+    def _entry(self, pod: _Pod, now: float) -> WorkerState:
+        """The pod's entry in the state hash; its expiry is that of the write that last changed it (what the
+        policies read does not include the expiry)."""
+        if pod.entry is None:
+            pod.entry = WorkerState(
+                busy=bool(pod.running),
+                since=pod.since,
+                expires=now + STATE_TTL_INTERVALS * STATE_INTERVAL_SECONDS,
+                active=len(pod.running),
+                done=pod.done,
+            )
+        return pod.entry
 
     def view(self, now: float) -> View:
         active = [p for p in self.pods.values() if not p.stopping]
@@ -264,17 +290,7 @@ class _Simulation:
             replicas=len(active),
             idle=sum(1 for p in active if not p.running),
             ready=sum(1 for p in active if p.ready),
-            workers={
-                f"pod-{p.id}": WorkerState(
-                    busy=bool(p.running),
-                    since=p.since,
-                    expires=now + STATE_TTL_INTERVALS * STATE_INTERVAL_SECONDS,
-                    active=len(p.running),
-                    done=p.done,
-                )
-                for p in self.pods.values()
-                if p.ready
-            },
+            workers={f"pod-{p.id}": self._entry(p, now) for p in self.pods.values() if p.ready},
             created={f"pod-{p.id}": p.created for p in active},
         )
 
@@ -290,6 +306,7 @@ class _Simulation:
             self.running -= 1
             pod.free_since = now
             pod.done += 1
+            pod.entry = None
             if not pod.running:
                 pod.since = now
             self.run.finished[task] = now
@@ -301,7 +318,7 @@ class _Simulation:
                 self._kill(now, pod)
         elif kind == READY:
             if (pod := self.pods.get(payload)) is not None:
-                pod.ready, pod.free_since, pod.since = True, now, now
+                pod.ready, pod.free_since, pod.since, pod.entry = True, now, now, None
         elif kind == REDELIVER:
             self.awaiting -= 1
             self._push(payload, front=True)
@@ -348,7 +365,7 @@ class _Simulation:
     def _record(self, now: float, always: bool = False) -> int:
         """Add a point to the timeline when the queue or the replicas changed: one point per instant."""
         timeline = self.run.timeline
-        replicas = sum(1 for p in self.pods.values() if not p.stopping)
+        replicas = self.active
         if always or timeline[-1][1:] != (self.queued, replicas):
             if timeline[-1][0] == now:
                 timeline.pop()
