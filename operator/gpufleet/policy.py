@@ -53,9 +53,6 @@ class Decision:
     history: History
     limited_by: str | None = None  # set when a limit (capacity, budget, busy workers, step, max) held it back
 
-    def changes(self, current: int) -> bool:
-        return self.replicas != current
-
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
