@@ -240,3 +240,10 @@ def restore_call(
     keys = [workers_key(p, fleet), p + unacked_key, p + UNACKED_INDEX_KEY, p + RESTORES_KEY]
     steps = ",".join(str(s) for s in priority_steps)
     return keys, [field, p, separator, steps, "" if stale_before is None else repr(stale_before)]
+
+
+def redis_flavour(url: str | None) -> str | None:
+    """Which of kombu's Redis clients a broker or result URL is for: "redis" (redis://, rediss://), "sentinel"
+    (sentinel://, the URL the operator writes for a broker behind Redis Sentinel), or None (not Redis)."""
+    scheme = (url or "").partition("://")[0]
+    return {"redis": "redis", "rediss": "redis", "sentinel": "sentinel"}.get(scheme)

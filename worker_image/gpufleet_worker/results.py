@@ -17,7 +17,7 @@ from kombu.exceptions import EncodeError
 from kombu.serialization import dumps as kombu_dumps
 from kombu.utils import json as kombu_json
 
-from . import codec
+from . import codec, contract
 from .errors import PayloadError
 
 # In the task's request (its message headers and Celery's own fields): present when the message was binary.
@@ -86,11 +86,7 @@ class NegotiatingSentinelBackend(_Negotiating, SentinelBackend):
 def backend_url(url: str | None) -> str | None:
     """Celery's `result_backend` for a Redis URL: the class above, named the way Celery takes one
     (`module:Class+url`); other backends are left as they are (and write with `result_serializer`)."""
-    if not url:
-        return url
-    scheme = url.partition("://")[0]
-    if scheme in ("redis", "rediss"):
-        return f"{__name__}:NegotiatingRedisBackend+{url}"
-    if scheme == "sentinel":
-        return f"{__name__}:NegotiatingSentinelBackend+{url}"
-    return url
+    name = {"redis": "NegotiatingRedisBackend", "sentinel": "NegotiatingSentinelBackend"}.get(
+        contract.redis_flavour(url) or ""
+    )
+    return f"{__name__}:{name}+{url}" if name else url

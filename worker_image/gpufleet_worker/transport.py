@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from kombu.transport import redis as kombu_redis
 
-from . import state
+from . import contract, state
 
 
 class NamingQoS(kombu_redis.QoS):
@@ -53,9 +53,5 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 
 def for_url(url: str) -> str | None:
     """Celery's `broker_transport` for a broker URL: one of the above for Redis, None (the URL's own) else."""
-    scheme = url.partition("://")[0]
-    if scheme in ("redis", "rediss"):
-        return f"{__name__}:Transport"
-    if scheme == "sentinel":
-        return f"{__name__}:SentinelTransport"
-    return None
+    name = {"redis": "Transport", "sentinel": "SentinelTransport"}.get(contract.redis_flavour(url) or "")
+    return f"{__name__}:{name}" if name else None
