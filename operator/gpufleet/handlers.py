@@ -59,10 +59,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
             on_lead=lambda: memo.controller.wake.set(),  # tick at once: the fleets waited for this
         )
         memo.active, kube = memo.elector.active, FencedKube(memo.elector.active)
-        memo.elector_stop = threading.Event()
-        threading.Thread(
-            target=memo.elector.run, args=(memo.elector_stop,), name="leader-election", daemon=True
-        ).start()
+        memo.elector.start()
     memo.controller = Controller(kube, gpu_budget=int(budget) if budget else None)
     metrics.serve(int(os.environ.get("GPUFLEET_METRICS_PORT", "8080")))
     memo.stopping = threading.Event()
@@ -103,8 +100,8 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
     except TimeoutError:
         log.warning("the last tick did not end within %s s; its writes are refused from now on", STOP_WITHIN)
     if "elector" in memo:
-        memo.elector_stop.set()
-        await asyncio.to_thread(memo.elector.release)  # a standby leads at its next look, not a lease later
+        # Released: a standby leads at its next look, not a lease later.
+        await asyncio.to_thread(memo.elector.stop)
     memo.controller.close()
 
 

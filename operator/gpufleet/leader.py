@@ -267,6 +267,22 @@ class Elector:
             self.step()
             stop.wait(self.timing.retry)
 
+    def start(self) -> None:
+        """Look at the Lease every `retry` seconds in a thread of its own, until `stop`."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self.run, args=(self._stop,), name="leader-election", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """On a graceful stop: end the loop, then release. The loop's step under way ends first (a read and a
+        write of at most renew_deadline / 2 each): a renewal landing after release() read the Lease would get
+        the release refused (409), and a standby would wait the whole lease out."""
+        self._stop.set()
+        self._thread.join(self.timing.renew_deadline)
+        self.release()
+
 
 class FencedKube(Kube):
     """Kube whose every write first asks `active()`: a tick that began while this replica led and runs past the

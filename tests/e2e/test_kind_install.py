@@ -6,7 +6,10 @@ gives it, loaded into the nodes since no registry is reachable)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -85,6 +88,13 @@ def test_helm_high_availability_hands_over_when_the_leader_pod_is_deleted(cluste
         def holder() -> str:
             return cluster.kubectl(*shown[1:], check=False).stdout.strip()
 
+        def leads(pod: str) -> float | None:
+            """The pod's gpufleet_leader gauge, through the API server's proxy; None until it serves metrics."""
+            got = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}:8080/proxy/metrics",
+                                  check=False).stdout  # fmt: skip
+            found = re.search(r"^gpufleet_leader (\S+)$", got, re.MULTILINE)
+            return float(found.group(1)) if found else None
+
         def operators(running: bool = False) -> set[str]:
             pods = install.kubectl.pods(
                 f"app.kubernetes.io/instance={install.release},app.kubernetes.io/component=operator"
@@ -99,9 +109,29 @@ def test_helm_high_availability_hands_over_when_the_leader_pod_is_deleted(cluste
         assert len(names) == 2, names
         leader = wait_for("a leader", lambda: holder() in names and holder(), timeout=60)
         (standby,) = names - {leader}
-        deleted = time.monotonic()
-        install.kubectl.run("delete", "pod", leader, "--wait=false")
-        wait_for("the standby to lead", lambda: holder() == standby, timeout=30, every=0.1)
+        # A pod whose container runs may still be importing: a standby stands by once its metrics are served
+        # (they start after its leader election), with gpufleet_leader 0.
+        wait_for("the standby to stand by", lambda: leads(standby) == 0, timeout=90)
+        assert leads(leader) == 1
+        # The leader's log as it stops (kubectl logs -f outlives the pod's deletion by the time it takes to end).
+        with tempfile.TemporaryFile("w+") as stopping:
+            follow = subprocess.Popen(["kubectl", "-n", namespace, "logs", "-f", "--tail=20", leader],
+                                      env=cluster.env, stdout=stopping, stderr=subprocess.STDOUT)  # fmt: skip
+            deleted = time.monotonic()
+            install.kubectl.run("delete", "pod", leader, "--wait=false")
+            try:
+                wait_for("the standby to lead", lambda: holder() == standby, timeout=30, every=0.1)
+            except AssertionError as failed:
+                follow.terminate()
+                stopping.seek(0)
+                lease = install.kubectl.run("get", "lease", "-o", "yaml", check=False).stdout
+                pods = install.kubectl.run("get", "pods", "-o", "wide", check=False).stdout
+                logs = install.kubectl.run("logs", standby, "--tail=40", check=False).stdout
+                raise AssertionError(f"{failed}\nthe Lease:\n{lease}\npods:\n{pods}\nthe old leader's log:\n"
+                                     f"{stopping.read()[-4000:]}\nthe standby's log:\n{logs}") from None  # fmt: skip
+            finally:
+                follow.terminate()
+                follow.wait(timeout=10)
         print(
             f"on kind: leader pod deleted -> the standby holds the Lease in {time.monotonic() - deleted:.2f}s"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 
 import pytest
 from prometheus_client import REGISTRY
@@ -182,6 +183,42 @@ def test_release_lets_the_standby_lead_at_its_next_look(world):
     b.step()
     assert b.active() and leads == ["a", "b"]
     assert REGISTRY.get_sample_value("gpufleet_leader") == 1
+
+
+class RenewalInFlight(FakeLeases):
+    """The elector's own thread sends a renewal that lands only later: after any write by another thread has
+    read the Lease (the order that makes a release racing it fail), or once `lands` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent, self.lands, self.landed = threading.Event(), threading.Event(), threading.Event()
+
+    def replace(self, body):
+        if threading.current_thread().name != "leader-election":
+            self.lands.set()
+            self.landed.wait(5)
+            return super().replace(body)
+        if self.landed.is_set():
+            return super().replace(body)
+        self.sent.set()
+        self.lands.wait(5)
+        try:
+            return super().replace(body)
+        finally:
+            self.landed.set()
+
+
+def test_stop_waits_for_a_renewal_under_way_then_releases():
+    store = RenewalInFlight()
+    a = Elector(store, "lease", "a", Timing(duration=1.5, renew_deadline=1.0, retry=0.01))
+    a.start()
+    assert store.sent.wait(5), "the elector never renewed"
+    threading.Timer(0.2, store.lands.set).start()
+    # Released at once, the renewal would land between the release's read and its write: refused (409), the
+    # Lease left held until it expires. stop() lets the loop's step end first.
+    a.stop()
+    assert store.lease["spec"]["holderIdentity"] is None
+    assert store.writes[-1] == "" and not a.active()
 
 
 def test_an_unreachable_api_keeps_the_leader_until_its_deadline(world):
