@@ -67,18 +67,21 @@ def test_scale_up_stops_at_gpu_capacity_and_resumes_with_a_new_node(kubectl, ope
             ["gpu"],
             # One pod per task (the wait-target rule off): this test is about capacity, so it must want more
             # pods than 2 GPUs hold however fast the workers' start-up is measured on a loaded machine.
-            scaling={"maxReplicas": 8, "maxStepUp": 2, "targetWaitSeconds": 0},
+            scaling={"maxReplicas": 16, "maxStepUp": 2, "targetWaitSeconds": 0},
             worker={"nodeSelector": gpu_nodes.selector},
         )
     )
     wait_for("the worker Deployment", lambda: kubectl.get("deployment", "capped-workers"))
-    tasks.send(12, seconds=8)
+    tasks.send(16, seconds=8)
     wait_for("ScalingLimited=GpuCapacity",
              lambda: kubectl.condition("capped", "ScalingLimited").get("reason") == "GpuCapacity", timeout=90)  # fmt: skip
     status = kubectl.status("capped")
     assert status["pendingPods"] >= 1
+    # It stops short of the 16 it wants once the scheduler says a pod cannot be placed. How many it asked for
+    # before that depends on how soon the scheduler says so (2 more a tick meanwhile): 4 on a quiet machine,
+    # 6 seen on a loaded one.
     held = kubectl.replicas("capped-workers")
-    assert held <= 4, f"asked for {held} pods with 2 GPUs in the pool"
+    assert held < 16, f"asked for {held} pods with 2 GPUs in the pool"
     for _ in range(10):  # it stays held while nothing can be scheduled
         assert kubectl.replicas("capped-workers") == held
         __import__("time").sleep(0.5)
