@@ -102,9 +102,9 @@ def main() -> int:
             for (n, s, z), points in results.items()
         ]
         args.save.write_text(json.dumps(rows))
-    if not all(any(p.system == "gpufleet" for p in points) for points in results.values()):
-        # The rivals alone, saved to be read back with --load: nothing to judge them against.
-        print("no gpufleet points to judge (sweep it, or --load a file that has them)", file=sys.stderr)
+    if not all({p.system == "gpufleet" for p in points} == {True, False} for points in results.values()):
+        # One side alone (saved to be read back with --load): nothing to judge it against.
+        print("judging needs gpufleet's points and the rivals': sweep both, or --load them", file=sys.stderr)
         return 0 if args.save else 2
     verdicts = [judge(f"{n}-{s}", z, results[(n, s, z)]) for (n, s, z) in jobs]
     if args.listing:
