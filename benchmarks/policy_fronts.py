@@ -102,6 +102,10 @@ def main() -> int:
             for (n, s, z), points in results.items()
         ]
         args.save.write_text(json.dumps(rows))
+    if not all({p.system == "gpufleet" for p in points} == {True, False} for points in results.values()):
+        # One side alone (saved to be read back with --load): nothing to judge it against.
+        print("judging needs gpufleet's points and the rivals': sweep both, or --load them", file=sys.stderr)
+        return 0 if args.save else 2
     verdicts = [judge(f"{n}-{s}", z, results[(n, s, z)]) for (n, s, z) in jobs]
     if args.listing:
         print(listing(verdicts))

@@ -8,7 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet_tools.simulate.fronts import TARGETS, Point, judge, listing, parse_listing, summary, sweep
+from gpufleet_tools.simulate.engine import Setup, simulate
+from gpufleet_tools.simulate.fronts import (
+    TARGETS,
+    Point,
+    _point,
+    judge,
+    listing,
+    parse_listing,
+    summary,
+    sweep,
+)
+from gpufleet_tools.simulate.policies import Keda, KedaSettings
+from gpufleet_tools.simulate.traces import Task, Trace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +86,18 @@ def test_a_sweep_runs_every_system_s_grid():
     assert len([p for p in points if p.system == "gpufleet"]) == len(TARGETS) + 1
     assert len([p for p in points if p.system == "ray-serve"]) == 3
     assert all(p.interrupted == 0 for p in points if p.system == "gpufleet")
+
+
+def test_a_task_left_unfinished_is_billed_as_if_it_had_run():
+    # KEDA sees only the queue's own list: once the priority-0 task is done it goes to zero after its cooldown,
+    # killing the priority-9 task, which then waits in its own list for ever. Leaving it undone must not make
+    # the run look cheaper than running it: its 500 s are billed on top of the pods' lives.
+    trace = Trace("starved", (Task(0, 10), Task(0, 500, priority=9)))
+    run = simulate(trace, Keda(KedaSettings()), Setup(startup_s=10, stall_s=1000))
+    assert run.finished[0] == 20 and run.finished[1] is None
+    p = _point("keda", "listLength=5 cooldown=300", run)
+    assert p.unfinished == 1
+    assert p.gpu_hours == round((run.pod_seconds + 500) / 3600, 3)
 
 
 # ---- the docs quote the benchmark -----------------------------------------------------------------------------
