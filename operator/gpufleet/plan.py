@@ -285,8 +285,12 @@ def settled(before: FleetState, plan: Plan, outcome: Outcome) -> FleetState:
     one). A refused Deployment undoes the whole plan: the fleet is planned again at once, knowing the refusal,
     which it then shows (DeploymentRejected) until its spec changes. Tasks put back are told by the next plan,
     made at once."""
-    if outcome.failed is not None:  # not all was written: the fleet is planned again from where it was
-        return replace(before, restored=before.restored + outcome.restored)
+    if outcome.failed is not None:
+        # Not all was written: the fleet is planned again from where it was. What it measured is kept: the tasks
+        # seen finishing are facts of the broker, whatever the API said. Dropped, the next reading would count
+        # the tasks running at the last one kept as running through every failed tick (an API server away for
+        # seconds read a 4 s task as 1.6 s, and the fleet was held short of a backlog).
+        return replace(before, meter=plan.state.meter, restored=before.restored + outcome.restored)
     if outcome.rejected is not None:
         return replace(before, rejected=(before.generation, outcome.rejected), applied_generation=None,
                        next_probe=0.0, restored=before.restored + outcome.restored)  # fmt: skip

@@ -104,7 +104,9 @@ def settle(kubectl, tasks: ChaosTasks, name: str, deployment: str) -> None:
 def test_api_server_restarted_mid_tick(cluster, kubectl, operator, redis_url, gpu_nodes):
     tasks = ChaosTasks(redis_url)
     deployment = make_fleet(kubectl, gpu_nodes, "apirestart", redis_url)
-    tasks.send(3, seconds=4, prefix="before")
+    # Tasks as long as the burst's below: the service time the operator measures before it (if any) is theirs, and
+    # the burst needs the fleet at its max whatever the start-up measured on a loaded machine.
+    tasks.send(3, seconds=10, prefix="before")
     wait_for(
         "the scale-up under way", lambda: (kubectl.replicas(deployment) or 0) >= 1, timeout=30, every=0.05
     )

@@ -406,8 +406,9 @@ def test_what_apply_did_is_what_the_next_plan_starts_from():
     refused = settled(before, p, Outcome(rejected="spec.template: Invalid value"))
     assert refused.rejected == (1, "spec.template: Invalid value") and refused.applied_generation is None
     assert refused.next_probe == 0.0 and refused.written == before.written
-    # A write failed: the fleet goes on from where it was (the controller retries it at its next poll).
-    assert settled(before, p, Outcome(failed=RuntimeError("503"))) == before
+    # A write failed: the fleet goes on from where it was (the controller retries it at its next poll), keeping
+    # only what it measured.
+    assert settled(before, p, Outcome(failed=RuntimeError("503"))) == replace(before, meter=p.state.meter)
     # Tasks put back: the next plan tells it, once, and the fleet is not at rest until it has.
     put_back = settled(before, p, Outcome(restored=(("w-1", 2),)))
     assert put_back.next_probe == 0.0  # told at once
@@ -453,3 +454,27 @@ def test_the_series_of_a_queue_dropped_from_the_spec_go():
     assert first.gauges.dropped == ()
     second = step(snap(now=101, queued=1), first.state)
     assert second.gauges.dropped == ("old",)
+
+
+def _service_after(failing) -> float:
+    """The service time measured from 3 workers that start at t = 1 s and run tasks of 4 s back to back, read
+    every 0.5 s for 20 s, where the writes of the ticks at the times `failing(t)` are refused (the API server
+    away)."""
+    state = FleetState(uid="u1", generation=1, applied_generation=1)
+    for i in range(41):
+        t = i * 0.5
+        up = t >= 1.0
+        workers = {
+            p: WorkerState(True, 1.0, 1e12, active=1, done=int((t - 1) // 4)) for p in ("a", "b", "c") if up
+        }
+        p = step(snap(now=1000 + t, replicas=3, queued=9, reserved=3 if up else 0, workers=workers), state)
+        state = settled(state, p, Outcome(failed=RuntimeError("503")) if failing(t) else Outcome())
+    return state.meter.service_s
+
+
+def test_tasks_seen_while_writes_fail_are_measured_as_they_ran():
+    """A tick whose writes were refused keeps its reading: the workers that started and the tasks they ran while
+    the API server was away are measured as they ran. Dropped, the next reading counted the tasks running at the
+    last reading kept (none, before the workers started) as running throughout: 4-s tasks read as 1.3 s."""
+    assert _service_after(lambda t: False) == pytest.approx(4.0, rel=0.1)
+    assert _service_after(lambda t: 0.5 <= t < 12) == pytest.approx(4.0, rel=0.1)
