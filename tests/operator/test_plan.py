@@ -465,10 +465,12 @@ def _service_after(failing) -> float:
         t = i * 0.5
         up = t >= 1.0
         workers = {
-            p: WorkerState(True, 1.0, 1e12, active=1, done=int((t - 1) // 4)) for p in ("a", "b", "c") if up
+            pod: WorkerState(True, 1.0, 1e12, active=1, done=int((t - 1) // 4))
+            for pod in ("a", "b", "c")
+            if up
         }
-        p = step(snap(now=1000 + t, replicas=3, queued=9, reserved=3 if up else 0, workers=workers), state)
-        state = settled(state, p, Outcome(failed=RuntimeError("503")) if failing(t) else Outcome())
+        plan = step(snap(now=1000 + t, replicas=3, queued=9, reserved=3 if up else 0, workers=workers), state)
+        state = settled(state, plan, Outcome(failed=RuntimeError("503")) if failing(t) else Outcome())
     return state.meter.service_s
 
 
