@@ -18,6 +18,12 @@ from gpufleet.spec import ScalingSpec
 # and a pod already due to go that goes that much later idles no longer than a quarter of a start-up.
 GATHER_SHARE = 0.25
 GAPS_KEPT = 8  # idle gaps the history remembers: what a warm pod held through the next one would be worth
+# Under the wait target, the steady load is given the pods that hold a queue whose tasks wait this share of the
+# target: busy workers with work waiting for them, rather than idle ones waiting for work.
+QUEUE_SHARE = 0.7
+# Until its service time and start-up are measured, a fleet under an explicit targetWaitSeconds runs one pod
+# (which measures them) for this share of the target before targetTasksPerReplica sizes it.
+MEASURE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class History:
     # Learned from the fleet's own load: the last GAPS_KEPT idle gaps, in seconds (from nothing queued or
     # running to the next task), oldest first. Shown in status.idleGaps.
     gaps: tuple[float, ...] = ()
+    # Since when tasks have waited for a fleet under an explicit targetWaitSeconds whose work is not measured yet.
+    unmeasured_since: float | None = None
 
 
 def seeded(now: float, current: int) -> History:
@@ -59,7 +67,12 @@ def _plural(n: int, word: str) -> str:
 
 
 def _recommend(
-    spec: ScalingSpec, obs: Observation, depth: Depth, last_busy: float, gaps: tuple[float, ...] = ()
+    spec: ScalingSpec,
+    obs: Observation,
+    depth: Depth,
+    last_busy: float,
+    gaps: tuple[float, ...] = (),
+    unmeasured_since: float | None = None,
 ) -> tuple[int, str]:
     """What the load asks for, before windows, steps and limits."""
     load = depth.total
@@ -86,6 +99,13 @@ def _recommend(
         wanted, why = size_for_wait(spec, obs, depth)
         return wanted, f"{seen}, {why}"
     wanted = math.ceil(load / spec.target_tasks_per_replica)
+    if unmeasured_since is not None and obs.now - unmeasured_since < spec.target_wait_seconds * MEASURE_SHARE:
+        # Under an explicit target, one pod measures the work before a pod per task is started for it: short
+        # tasks need no more, and the target allows the wait.
+        return (
+            min(wanted, max(obs.current, 1)),
+            f"{seen}, one pod measures the work first (target {spec.target_wait_seconds}s)",
+        )
     return wanted, f"{seen}, target {spec.target_tasks_per_replica} per replica"
 
 
@@ -208,8 +228,11 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
       long (so none that would be ready after the backlog it was meant for is gone), but at least enough for
       the backlog to shrink. When no number of new pods meets the target (it is shorter than a start-up), that
       bound alone sizes them.
-    - the steady load (Little's law: arrival rate x service time, in busy slots), rounded to the nearest pod:
-      a pod the load keeps busy at least half the time is not removed. It keeps pods; it never adds one.
+    - the steady load: the pods that start tasks as fast as they arrive (Little's law: arrival rate x service
+      time, in busy slots), plus or minus those that bring the queue, within the target, to where its tasks
+      wait QUEUE_SHARE of the target (a queue of arrival rate x that wait), rounded to the nearest pod. Below
+      that queue, fewer pods than the load needs let it build, so the pods kept stay busy rather than idle
+      between arrivals. It keeps pods; it never adds one.
     """
     if not _sized_for_wait(spec, obs):
         return None
@@ -249,11 +272,8 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
             if enough is not None
             else f"start them as soon as new pods are worth their start-up (target {_fmt(wait)}s)"
         )
-    # A pod the steady load keeps busy at least half the time stays (by default); under a target longer than the
-    # default only a busier one (a queue may build for as long as the target allows: at twice the default, one
-    # busy three quarters of the time), under a shorter one a less busy one too.
-    keep = min(0.5 * max(startup, service) / wait, 0.99)
-    steady = min(math.floor(arrival * service / k + keep), current)
+    excess = queued - arrival * wait * QUEUE_SHARE
+    steady = min(math.floor((arrival + excess / wait) * service / k + 0.5), current)
     wanted = max(backlog, steady)
     why = (
         f"{_fmt(arrival)} tasks/s arriving, {_fmt(service)}s per task, {_fmt(startup)}s start-up: "
@@ -281,8 +301,18 @@ def recommend(spec: ScalingSpec, obs: Observation, history: History = History())
     if spec.paused or obs.depth is None:
         return Recommendation(obs.current, obs.current, "", None)
     last_busy = _last_busy(obs, history)
-    wanted, why = _recommend(spec, obs, obs.depth, last_busy, history.gaps)
+    since = _unmeasured_since(spec, obs, history)
+    wanted, why = _recommend(spec, obs, obs.depth, last_busy, history.gaps, since)
     return Recommendation(min(max(wanted, spec.min_replicas), spec.max_replicas), wanted, why, last_busy)
+
+
+def _unmeasured_since(spec: ScalingSpec, obs: Observation, history: History) -> float | None:
+    """Since when tasks have waited for a fleet under an explicit targetWaitSeconds whose service time or
+    start-up is not measured yet; None when nothing waits, it is measured, or no explicit target is set."""
+    explicit = spec.target_wait_seconds and not spec.drain_within_seconds
+    if not explicit or obs.depth is None or obs.depth.total == 0 or _sized_for_wait(spec, obs):
+        return None
+    return obs.now if history.unmeasured_since is None else history.unmeasured_since
 
 
 def demand(spec: ScalingSpec, obs: Observation, history: History = History()) -> int:
@@ -341,7 +371,11 @@ def decide(
         if gap >= 2 * spec.poll_interval_seconds:  # a tick or more saw nothing queued or running
             gaps = (*gaps, round(gap, 1))[-GAPS_KEPT:]
     new_history = dataclasses.replace(
-        history, recommendations=kept + ((obs.now, recommendation),), last_busy=last_busy, gaps=gaps
+        history,
+        recommendations=kept + ((obs.now, recommendation),),
+        last_busy=last_busy,
+        gaps=gaps,
+        unmeasured_since=_unmeasured_since(spec, obs, history),
     )
 
     limited_by, held = (

@@ -464,12 +464,23 @@ WAIT_TABLE = [
         ["5 pods start them within 400s"],
     ),
     (
-        "the steady load holds the pods it keeps busy at least half the time",
+        "with no queue, the steady load lets one build",
         WAIT,
-        # 0.125 tasks/s x 20 s = 2.5 busy slots: 3 pods stay although one would start the lone task.
+        # 0.125 tasks/s x 20 s = 2.5 busy slots, but the target (60 s) allows a queue whose tasks wait 0.7 x 60 =
+        # 42 s: 5.25 tasks. Brought there within 60 s, the pods start (0.125 - 5.25/60) tasks/s: 0.75 busy slots,
+        # 1 pod; the 2 that start the expected arrivals in time stay.
         measured(100, 0, 1, 6, arrival=0.125),
-        3,
-        ["0.12 tasks/s arriving"],
+        2,
+        ["0.12 tasks/s arriving", "2 pods start them within 60s"],
+    ),
+    (
+        "a queue above the level the target allows keeps the pods that bring it down",
+        WAIT,
+        # 4 pods start the 12 queued within 60 s, but the queue is 6.75 tasks above 5.25: brought down within 60 s,
+        # the pods start 0.125 + 6.75/60 tasks/s, 4.75 busy slots: 5 pods stay.
+        measured(100, 12, 6, 6, arrival=0.125),
+        5,
+        ["5 pods start them within 60s"],
     ),
     (
         "tasks expected within a start-up add pods with nothing queued",
@@ -565,6 +576,20 @@ def test_until_measured_target_per_replica_sizes_the_fleet():
     for missing in ({"service": None}, {"startup": None}):
         d = decide(WAIT, measured(100, 7, 0, 0, **missing), History())
         assert d.recommendation == 7 and "target 1 per replica" in d.reason
+
+
+def test_until_measured_an_explicit_target_runs_one_pod_for_half_of_it():
+    s = dataclasses.replace(WAIT, target_wait_seconds=120)
+    first = decide(s, measured(100, 7, 0, 0, service=None), History())
+    assert first.recommendation == 1 and "one pod measures the work first (target 120s)" in first.reason
+    assert first.history.unmeasured_since == 100
+    # Still unmeasured 59 s later: one pod; at half the target (60 s), a pod per task.
+    assert decide(s, measured(159, 7, 1, 1, service=None), first.history).recommendation == 1
+    later = decide(s, measured(160, 7, 1, 1, service=None), first.history)
+    assert later.recommendation == 8 and "target 1 per replica" in later.reason
+    # Measured: the wait target sizes the fleet, and the mark is gone; so it is when nothing waits.
+    assert decide(s, measured(130, 7, 1, 1), first.history).history.unmeasured_since is None
+    assert decide(s, measured(130, 0, 0, 1, service=None), first.history).history.unmeasured_since is None
 
 
 def test_zero_turns_the_wait_target_off_and_drain_within_seconds_takes_its_place():
