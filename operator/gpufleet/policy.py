@@ -295,6 +295,7 @@ class Recommendation:
     wanted: int  # before [min, max]
     why: str
     last_busy: float | None  # None: paused or the depth unknown (nothing recommended)
+    unmeasured_since: float | None = None  # History.unmeasured_since after this tick
 
 
 def recommend(spec: ScalingSpec, obs: Observation, history: History = History()) -> Recommendation:
@@ -303,14 +304,16 @@ def recommend(spec: ScalingSpec, obs: Observation, history: History = History())
     last_busy = _last_busy(obs, history)
     since = _unmeasured_since(spec, obs, history)
     wanted, why = _recommend(spec, obs, obs.depth, last_busy, history.gaps, since)
-    return Recommendation(min(max(wanted, spec.min_replicas), spec.max_replicas), wanted, why, last_busy)
+    pods = min(max(wanted, spec.min_replicas), spec.max_replicas)
+    return Recommendation(pods, wanted, why, last_busy, since)
 
 
 def _unmeasured_since(spec: ScalingSpec, obs: Observation, history: History) -> float | None:
     """Since when tasks have waited for a fleet under an explicit targetWaitSeconds whose service time or
-    start-up is not measured yet; None when nothing waits, it is measured, or no explicit target is set."""
+    start-up is not measured yet; None when nothing waits, it is measured, or no explicit target is set. For a
+    known depth (`recommend` asks for none other)."""
     explicit = spec.target_wait_seconds and not spec.drain_within_seconds
-    if not explicit or obs.depth is None or obs.depth.total == 0 or _sized_for_wait(spec, obs):
+    if not explicit or obs.depth.total == 0 or _sized_for_wait(spec, obs):
         return None
     return obs.now if history.unmeasured_since is None else history.unmeasured_since
 
@@ -375,7 +378,7 @@ def decide(
         recommendations=kept + ((obs.now, recommendation),),
         last_busy=last_busy,
         gaps=gaps,
-        unmeasured_since=_unmeasured_since(spec, obs, history),
+        unmeasured_since=rec.unmeasured_since,
     )
 
     limited_by, held = (
