@@ -233,6 +233,11 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
       wait QUEUE_SHARE of the target (a queue of arrival rate x that wait), rounded to the nearest pod. Below
       that queue, fewer pods than the load needs let it build, so the pods kept stay busy rather than idle
       between arrivals. It keeps pods; it never adds one.
+
+    Then no pod is removed that the backlog would ask back: with fewer pods the queue moves, for a start-up and
+    the scale-down window (what a pod asked back costs), at the rate they leave it; if their tasks would then no
+    longer start within the target, the pod stays. Without this a fleet around the queue level lets a pod go
+    and asks it back a little later, a start-up paid each time.
     """
     if not _sized_for_wait(spec, obs):
         return None
@@ -275,11 +280,26 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
     excess = queued - arrival * wait * QUEUE_SHARE
     steady = min(math.floor((arrival + excess / wait) * service / k + 0.5), current)
     wanted = max(backlog, steady)
+    # No pod is removed that the backlog would ask back within what a comeback costs: a start-up and the
+    # scale-down window it idles through at the end.
+    horizon = startup + spec.scale_down_stabilization_seconds
+    while wanted < current and not _kept(fleet, wanted, queued, arrival, wait, startup, horizon):
+        wanted += 1
     why = (
         f"{_fmt(arrival)} tasks/s arriving, {_fmt(service)}s per task, {_fmt(startup)}s start-up: "
         f"{_plural(wanted, 'pod')} {how}"
     )
     return wanted, why
+
+
+def _kept(
+    fleet: _Fleet, pods: int, queued: int, arrival: float, wait: float, startup: float, horizon: float
+) -> bool:
+    """Whether `pods` of the fleet still start its tasks within the target once the queue has moved for
+    `horizon` seconds at the rate those pods leave it. If not, the backlog would ask a pod removed now back
+    within that long."""
+    later = max(0.0, queued + (arrival - pods * fleet.slots / fleet.service_s) * horizon)
+    return fleet.first(pods).starts_in_time(later, arrival, wait, startup)
 
 
 def _window(history: tuple[tuple[float, int], ...], now: float, seconds: float) -> list[int]:

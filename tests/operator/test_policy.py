@@ -483,6 +483,17 @@ WAIT_TABLE = [
         ["5 pods start them within 60s"],
     ),
     (
+        "no pod goes that the backlog would ask back within what a comeback costs",
+        WAIT,
+        # The queue level keeps 2 pods, the backlog 3: 3 pods start the 2 queued and the next minute's 12 within
+        # 60 s. But 3 pods start 0.15 tasks/s against 0.2 arriving: over a start-up and the scale-down window
+        # (120 s) the queue grows to 8, and those and the 12 after them are not all started 60 s after they
+        # arrive (18 by 120 s against 20 due). With 4 pods the queue holds at 2: the fourth stays.
+        measured(100, 2, 3, 6, arrival=0.2),
+        4,
+        ["0.2 tasks/s arriving", "4 pods start them within 60s"],
+    ),
+    (
         "tasks expected within a start-up add pods with nothing queued",
         WAIT,
         # 12 tasks arrive within the next 60 s; the busy worker starts 6 of them by 120 s, 3 new pods the rest.
