@@ -280,11 +280,12 @@ def size_for_wait(spec: ScalingSpec, obs: Observation, depth: Depth) -> tuple[in
     excess = queued - arrival * wait * QUEUE_SHARE
     steady = min(math.floor((arrival + excess / wait) * service / k + 0.5), current)
     wanted = max(backlog, steady)
-    # No pod is removed that the backlog would ask back within what a comeback costs: a start-up and the
-    # scale-down window it idles through at the end.
-    horizon = startup + spec.scale_down_stabilization_seconds
-    while wanted < current and not _kept(fleet, wanted, queued, arrival, wait, startup, horizon):
-        wanted += 1
+    if wanted < current:
+        # No pod is removed that the backlog would ask back within what a comeback costs: a start-up and the
+        # scale-down window it idles through at the end.
+        horizon = startup + spec.scale_down_stabilization_seconds
+        kept = _least(wanted, current, lambda n: _kept(fleet, n, queued, arrival, wait, startup, horizon))
+        wanted = current if kept is None else kept
     why = (
         f"{_fmt(arrival)} tasks/s arriving, {_fmt(service)}s per task, {_fmt(startup)}s start-up: "
         f"{_plural(wanted, 'pod')} {how}"
