@@ -409,7 +409,8 @@ def decide(
     if recommendation > current:
         floor = min(_window(new_history.recommendations, obs.now, spec.scale_up_stabilization_seconds))
         # An older, lower recommendation in the window can hold a scale-up back, never turn it into a scale-down.
-        target = max(current, min(floor, current + spec.max_step_up))
+        step = spec.max_replicas if spec.max_step_up is None else spec.max_step_up
+        target = max(current, min(floor, current + step))
         gather = obs.startup_s * GATHER_SHARE if paced else 0.0
         if floor < recommendation:
             limited_by = "scaleUpStabilization"
@@ -423,7 +424,8 @@ def decide(
     elif recommendation < current:
         window = spec.scale_down_stabilization_seconds
         ceiling = max(_window(new_history.recommendations, obs.now, window))
-        target = min(current, max(ceiling, current - spec.max_step_down))
+        step = current if spec.max_step_down is None else spec.max_step_down
+        target = min(current, max(ceiling, current - step))
         since_down = None if history.last_down is None else obs.now - history.last_down
         # Under the wait target, pods that go idle at different times leave together: after a scale-down down to
         # the recommendation, the next waits a whole window; after one held above it (by the window, busy

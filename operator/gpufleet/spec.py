@@ -126,8 +126,8 @@ class ScalingSpec:
     poll_interval_seconds: float = 1.0
     scale_up_stabilization_seconds: int = 0
     scale_down_stabilization_seconds: int = 60
-    max_step_up: int = 10
-    max_step_down: int = 10
+    max_step_up: int | None = None  # None: no limit
+    max_step_down: int | None = None  # None: no limit
     idle_seconds_before_zero: int = 300
     paused: bool = False
     drain_within_seconds: int | None = None
@@ -263,8 +263,8 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueSpec:
             poll_interval_seconds=float(sc["pollIntervalSeconds"]),
             scale_up_stabilization_seconds=sc["scaleUpStabilizationSeconds"],
             scale_down_stabilization_seconds=sc["scaleDownStabilizationSeconds"],
-            max_step_up=sc["maxStepUp"],
-            max_step_down=sc["maxStepDown"],
+            max_step_up=sc.get("maxStepUp"),
+            max_step_down=sc.get("maxStepDown"),
             idle_seconds_before_zero=sc["idleSecondsBeforeZero"],
             paused=sc["paused"],
             drain_within_seconds=sc.get("drainWithinSeconds"),

@@ -29,6 +29,9 @@ def test_minimal_spec_gets_the_crd_defaults():
     defaults = schema()["properties"]["spec"]["properties"]["scaling"]["properties"]
     assert s.scaling.max_replicas == defaults["maxReplicas"]["default"]
     assert s.scaling.scale_down_stabilization_seconds == defaults["scaleDownStabilizationSeconds"]["default"]
+    # No step limit unless one is set: the scaling rule bounds its own steps.
+    assert "default" not in defaults["maxStepUp"] and "default" not in defaults["maxStepDown"]
+    assert (s.scaling.max_step_up, s.scaling.max_step_down) == (None, None)
     assert s.broker.priority_steps == (0, 3, 6, 9)
     assert s.broker.separator == "\x06\x16"
     assert s.worker.gpu_resource == "nvidia.com/gpu"
@@ -37,8 +40,9 @@ def test_minimal_spec_gets_the_crd_defaults():
 
 
 def test_explicit_values_win_over_defaults():
-    s = parse_spec(with_("scaling", {"minReplicas": 2, "maxReplicas": 4, "paused": True}))
+    s = parse_spec(with_("scaling", {"minReplicas": 2, "maxReplicas": 4, "paused": True, "maxStepUp": 3}))
     assert (s.scaling.min_replicas, s.scaling.max_replicas, s.scaling.paused) == (2, 4, True)
+    assert s.scaling.max_step_up == 3
     assert s.scaling.target_tasks_per_replica == 1
 
 
