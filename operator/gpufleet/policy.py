@@ -409,8 +409,8 @@ def decide(
     if recommendation > current:
         floor = min(_window(new_history.recommendations, obs.now, spec.scale_up_stabilization_seconds))
         # An older, lower recommendation in the window can hold a scale-up back, never turn it into a scale-down.
-        step = spec.max_replicas if spec.max_step_up is None else spec.max_step_up
-        target = max(current, min(floor, current + step))
+        step_up = spec.max_step_up
+        target = max(current, floor if step_up is None else min(floor, current + step_up))
         gather = obs.startup_s * GATHER_SHARE if paced else 0.0
         if floor < recommendation:
             limited_by = "scaleUpStabilization"
@@ -424,8 +424,8 @@ def decide(
     elif recommendation < current:
         window = spec.scale_down_stabilization_seconds
         ceiling = max(_window(new_history.recommendations, obs.now, window))
-        step = current if spec.max_step_down is None else spec.max_step_down
-        target = min(current, max(ceiling, current - step))
+        step_down = spec.max_step_down
+        target = min(current, ceiling if step_down is None else max(ceiling, current - step_down))
         since_down = None if history.last_down is None else obs.now - history.last_down
         # Under the wait target, pods that go idle at different times leave together: after a scale-down down to
         # the recommendation, the next waits a whole window; after one held above it (by the window, busy
