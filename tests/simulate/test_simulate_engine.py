@@ -176,3 +176,13 @@ def test_every_task_completes_exactly_once_under_every_policy(
             assert start >= task.arrival_s
             assert end == pytest.approx(start + task.service_s)
         assert max(r for _, _, r in run.timeline) <= max_replicas
+
+
+def test_a_stalled_run_gives_up_no_sooner_than_the_stall_limit_after_the_last_arrival():
+    # No pod ever runs anything. Giving up 1000 s after the first task would end the run before the second
+    # arrives, and the unfinished second task would count a wait of 1000 - 5000 s: negative, a better p95 for a
+    # policy that stalls. Every task gets the stall limit after its arrival instead.
+    run = simulate(trace(Task(0, 5), Task(5000, 5)), Static(0), Setup(startup_s=10, stall_s=1000))
+    assert run.finished == [None, None]
+    assert run.end_s == 6000
+    assert summarize(run)["unfinished"] == 2

@@ -173,8 +173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stall-s",
         type=_at_least(1, float),
-        help="give up once work has been pending this long with no task completing, and report what is "
-        "left unfinished (default: an hour, or twice the longest task if longer)",
+        help="give up once work has been pending this long with no task completing (and the last task "
+        "arrived at least this long ago), and report what is left unfinished (default: an hour, or twice the "
+        "longest task if longer)",
     )
 
 

@@ -55,8 +55,9 @@ class Setup:
     gpus: int = 1  # GPUs per pod
     redelivery_s: float = 0.0  # a killed task's return to the queue (Celery+Redis: the visibility timeout)
     grace_s: float = 0.0  # a deleted pod's warm shutdown before it is killed (terminationGracePeriodSeconds)
-    stall_s: float | None = None  # give up after this long with work pending and none completed; None:
-    # an hour, or twice the longest task if that is longer (a policy that kills tasks can kill them forever)
+    stall_s: float | None = None  # give up after this long with work pending and none completed, and not
+    # before this long after the last arrival; None: an hour, or twice the longest task if that is longer (a
+    # policy that kills tasks can kill them forever)
     cold_node_s: float = 0.0  # more start-up for a pod that finds no idle GPU node (0: there always is one)
     node_idle_s: float = 600.0  # a node without a pod is removed after this long (scale-down-unneeded-time)
     seed: int = 0  # of the start-up draws
@@ -342,9 +343,12 @@ class _Simulation:
         stall = self.setup.stall_limit(self.trace)
         # progress: the last completion, or, while tasks remain, the last instant with none pending. Once all
         # are done it stays at the last completion: a fleet that never comes back to rest is billed to then.
+        # A stalled run gives up no sooner than the stall limit after the last arrival: every task gets that
+        # long to be run (one that arrived after the run ended would otherwise count a negative wait).
         now = progress = 0.0
+        last = max((task.arrival_s for task in tasks), default=0.0)
         run.timeline.append((now, 0, self.policy.initial))
-        while self.events and self.events[0][0] <= progress + stall:
+        while self.events and self.events[0][0] <= max(progress, last) + stall:
             now, kind, _, _, payload = heapq.heappop(self.events)
             done = run.completions
             self.handle(now, kind, payload)
@@ -355,7 +359,8 @@ class _Simulation:
             if run.completions == len(tasks) and replicas == len(self.pods) == self.policy.resting:
                 break
         else:
-            now = progress + stall if self.events else now  # gave up: what is alive is billed to then
+            # Gave up (or nothing more can happen with tasks left): what is alive is billed to then.
+            now = max(progress, last) + stall if self.events or run.completions < len(tasks) else now
         run.end_s = now
         self._record(now, always=True)
         for pod in list(self.pods.values()):
