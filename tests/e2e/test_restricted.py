@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fleet import queue_manifest
-from gpufleet.resources import deployment
+from gpufleet.resources import deployment, deployment_name
 from gpufleet.spec import parse_spec
 from support import wait_for
 
@@ -91,15 +91,20 @@ def test_pods_that_cannot_be_created_show_on_the_queue_and_clear(
         "spec": {"hard": {"pods": "0"}},
     }
     kubectl.apply(json.dumps(quota))
-    # A quota binds only once its controller has written status.hard: a pod created before that is admitted
-    # (seen once in CI on a loaded machine, where the ReplicaSet won that race and no create ever failed).
-    wait_for("the quota in force",
-             lambda: ((kubectl.get("resourcequota", "no-pods") or {}).get("status") or {}).get("hard"))  # fmt: skip
+    # Wait until admission itself refuses a pod (a server-side dry run), not merely until the quota's status is
+    # written: the API server's quota admission reads its own cache of quotas, and falls back to a live lookup
+    # it keeps for 30 s, so for a while after the quota exists a pod can still be admitted. On a loaded CI
+    # machine the ReplicaSet won that race twice (once after status.hard was already written), no create ever
+    # failed, and the test timed out.
+    probe = {"containers": [{"name": "probe", "image": "probe"}]}
+    wait_for("the quota enforced by admission",
+             lambda: "exceeded quota" in (admission(kubectl, probe, "quota-probe") or ""), timeout=90,
+             show=lambda: admission(kubectl, probe, "quota-probe"))  # fmt: skip
     kubectl.apply(queue_manifest("starved", redis_url, ["gpu"], scaling={"minReplicas": 1},
                                  worker={"nodeSelector": gpu_nodes.selector}))  # fmt: skip
     wait_for("Ready=False/PodsNotCreated",
              lambda: kubectl.condition("starved", "Ready").get("reason") == "PodsNotCreated", timeout=90,
-             show=lambda: kubectl.condition("starved", "Ready"))  # fmt: skip
+             show=lambda: _seen(kubectl, "starved"))  # fmt: skip
     ready = kubectl.condition("starved", "Ready")
     assert ready["status"] == "False" and "exceeded quota" in ready["message"], ready
     warnings = [e for e in kubectl.events("starved") if e["reason"] == "PodsNotCreated"]
@@ -115,3 +120,27 @@ def test_pods_that_cannot_be_created_show_on_the_queue_and_clear(
         "Ready=True again", lambda: kubectl.condition("starved", "Ready").get("status") == "True", timeout=90
     )
     assert len([e for e in kubectl.events("starved") if e["reason"] == "PodsNotCreated"]) == 1
+
+
+def _seen(kubectl, name: str) -> dict:
+    """What a failed wait shows: the queue's Ready condition and what lies under it (the Deployment's and its
+    ReplicaSets' conditions, the pods, the quota's status)."""
+
+    def conditions(obj: dict | None) -> list:
+        return [(c["type"], c["status"], c.get("reason"), c.get("message")) for c in
+                ((obj or {}).get("status") or {}).get("conditions") or []]  # fmt: skip
+
+    dep = kubectl.get("deployment", deployment_name(name))
+    return {
+        "ready": kubectl.condition(name, "Ready"),
+        "deployment": conditions(dep),
+        "replicasets": [conditions(rs) for rs in (kubectl.get("replicasets") or {}).get("items", [])],
+        "pods": [
+            (p["metadata"]["name"], p["status"].get("phase"))
+            for p in (kubectl.get("pods") or {}).get("items", [])
+        ],
+        "quotas": [
+            (q["metadata"]["name"], q.get("status"))
+            for q in (kubectl.get("resourcequotas") or {}).get("items", [])
+        ],
+    }
