@@ -94,8 +94,8 @@ def test_pods_that_cannot_be_created_show_on_the_queue_and_clear(
     # Wait until admission itself refuses a pod (a server-side dry run), not merely until the quota's status is
     # written: the API server's quota admission reads its own cache of quotas, and falls back to a live lookup
     # it keeps for 30 s, so for a while after the quota exists a pod can still be admitted. On a loaded CI
-    # machine the ReplicaSet won that race twice (once after status.hard was already written), no create ever
-    # failed, and the test timed out.
+    # machine the test twice timed out with the queue Ready and no create failing (once with status.hard
+    # already written), most likely that race.
     probe = {"containers": [{"name": "probe", "image": "probe"}]}
     wait_for("the quota enforced by admission",
              lambda: "exceeded quota" in (admission(kubectl, probe, "quota-probe") or ""), timeout=90,
