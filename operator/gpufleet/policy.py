@@ -129,6 +129,18 @@ def _warm_pays(spec: ScalingSpec, obs: Observation, gaps: tuple[float, ...]) -> 
     return 2 * sum(1 for g in gaps if g <= spec.idle_seconds_before_zero) >= len(gaps)
 
 
+def _zero_at_once(spec: ScalingSpec, obs: Observation, gaps: tuple[float, ...]) -> bool:
+    """Whether an idle fleet under the wait target goes to zero at once rather than after its scale-down window:
+    when most of the fleet's own idle gaps were longer than the window, and a pod kept through it would have cost
+    more, on average over those gaps, than a start-up. Kept, it idles min(gap, window) of each gap and still
+    needs a start-up after each gap longer than the window; let go at once, it needs a start-up after every gap.
+    With no gap learned yet, the window holds."""
+    window, startup = spec.scale_down_stabilization_seconds, obs.startup_s
+    longer = sum(1 for g in gaps if g > window)
+    kept = sum(min(g, window) + (startup if g > window else 0.0) for g in gaps)
+    return 2 * longer > len(gaps) and kept > startup * len(gaps)
+
+
 def _why_cold(spec: ScalingSpec, obs: Observation) -> str:
     if obs.startup_s <= wait_target(spec, obs.service_s, obs.startup_s):
         return "a start-up meets the wait target"
@@ -431,7 +443,12 @@ def decide(
         # the recommendation, the next waits a whole window; after one held above it (by the window, busy
         # workers or maxStepDown), the pods already due go as they come free, gathered like new pods.
         pause = (obs.startup_s * GATHER_SHARE if history.down_cut else window) if paced else 0.0
-        if since_down is not None and since_down < pause:
+        if paced and recommendation == 0 and depth.total == 0 and _zero_at_once(spec, obs, gaps):
+            target = 0 if step_down is None else max(0, current - step_down)
+            why += f"; at once: its idle gaps say a start-up costs less than a {window}s window"
+            if target > 0:
+                limited_by, held = "maxStepDown", f"at most {spec.max_step_down} removed at once"
+        elif since_down is not None and since_down < pause:
             target = current
             limited_by, held = "scaleDownStabilization", f"pods removed at most every {_fmt(pause)}s"
         elif ceiling > recommendation:

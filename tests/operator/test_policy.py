@@ -592,6 +592,38 @@ def test_a_warm_pod_is_kept_through_idle_gaps_only_when_it_pays():
     assert decide(WAIT, Observation(100, Depth(0, 0), 1), History(last_busy=90.0)).recommendation == 1
 
 
+def test_an_idle_fleet_goes_to_zero_at_once_when_its_idle_gaps_say_a_start_up_costs_less():
+    # Idle for 10 s after a recommendation of 2: the 60 s scale-down window holds the pods...
+    idle = measured(100, 0, 0, 2, startup=60, idle_workers=2)
+    recent = History(((90.0, 2),), last_busy=90.0)
+    d = decide(WAIT, idle, recent)
+    assert d.replicas == 2 and d.limited_by == "scaleDownStabilization", d.reason
+    # ...while no gap is learned, or most gaps were shorter than the window...
+    for gaps in ((), (20.0, 30.0), (30.0, 900.0), (20.0, 900.0, 30.0, 40.0, 20.0)):
+        assert decide(WAIT, idle, dataclasses.replace(recent, gaps=gaps)).replicas == 2, gaps
+    # ...not when most were longer: a pod kept idles the whole 60 s and still needs a start-up after each gap.
+    for gaps in ((900.0,), (900.0, 1200.0), (30.0, 900.0, 1200.0)):
+        d = decide(WAIT, idle, dataclasses.replace(recent, gaps=gaps))
+        assert d.replicas == 0 and d.limited_by is None, (gaps, d.reason)
+        assert "at once: its idle gaps say a start-up costs less than a 60s window" in d.reason
+    # Most gaps a little longer than the window, one short, and a start-up of 600 s: the 40 s a pod kept would
+    # idle on average cost less than the start-ups it saves after the short gap.
+    slow = measured(100, 0, 0, 2, startup=600, idle_workers=2)
+    assert decide(WAIT, slow, dataclasses.replace(recent, gaps=(100.0, 100.0, 1.0))).replicas == 2
+    assert decide(WAIT, slow, dataclasses.replace(recent, gaps=(100.0, 100.0, 100.0))).replicas == 0
+    # maxStepDown still binds; minReplicas, busy workers and a task queued keep the pods.
+    stepped = dataclasses.replace(WAIT, max_step_down=1)
+    d = decide(stepped, idle, dataclasses.replace(recent, gaps=(900.0, 1200.0)))
+    assert d.replicas == 1 and d.limited_by == "maxStepDown", d.reason
+    long_gaps = dataclasses.replace(recent, gaps=(900.0, 1200.0))
+    assert decide(dataclasses.replace(WAIT, min_replicas=1), idle, long_gaps).replicas == 2
+    running = measured(100, 0, 1, 2, startup=60, idle_workers=1)
+    assert decide(WAIT, running, long_gaps).replicas == 2
+    # Without the wait target the window alone decides.
+    off = dataclasses.replace(WAIT, target_wait_seconds=0)
+    assert decide(off, idle, long_gaps).replicas == 2
+
+
 def test_idle_gaps_are_learned_from_the_fleet_s_own_load():
     history = History(last_busy=100.0, gaps=tuple(float(g) for g in range(8)))
     # Busy again 250 s after the last busy tick: one gap more, the oldest forgotten.
