@@ -435,7 +435,11 @@ def decide(
             limited_by, held = "maxStepUp", f"at most {spec.max_step_up} added at once"
     elif recommendation < current:
         window = spec.scale_down_stabilization_seconds
-        ceiling = max(_window(new_history.recommendations, obs.now, window))
+        # An idle fleet whose idle gaps say a start-up costs less than a pod kept through the window skips it.
+        at_once = paced and recommendation == 0 and depth.total == 0 and _zero_at_once(spec, obs, gaps)
+        if at_once:
+            why += f"; at once: its idle gaps say a start-up costs less than a {window}s window"
+        ceiling = recommendation if at_once else max(_window(new_history.recommendations, obs.now, window))
         step_down = spec.max_step_down
         target = min(current, ceiling if step_down is None else max(ceiling, current - step_down))
         since_down = None if history.last_down is None else obs.now - history.last_down
@@ -443,12 +447,7 @@ def decide(
         # the recommendation, the next waits a whole window; after one held above it (by the window, busy
         # workers or maxStepDown), the pods already due go as they come free, gathered like new pods.
         pause = (obs.startup_s * GATHER_SHARE if history.down_cut else window) if paced else 0.0
-        if paced and recommendation == 0 and depth.total == 0 and _zero_at_once(spec, obs, gaps):
-            target = 0 if step_down is None else max(0, current - step_down)
-            why += f"; at once: its idle gaps say a start-up costs less than a {window}s window"
-            if target > 0:
-                limited_by, held = "maxStepDown", f"at most {spec.max_step_down} removed at once"
-        elif since_down is not None and since_down < pause:
+        if not at_once and since_down is not None and since_down < pause:
             target = current
             limited_by, held = "scaleDownStabilization", f"pods removed at most every {_fmt(pause)}s"
         elif ceiling > recommendation:
