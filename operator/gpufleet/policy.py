@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from gpufleet.model import Depth, Observation
 from gpufleet.spec import ScalingSpec
 
-# Under the wait target, changes less than this share of the measured start-up apart are gathered into one step:
-# a pod asked that much later is ready that much later (a quarter of what a new pod makes its tasks wait anyway),
-# and a pod already due to go that goes that much later idles no longer than a quarter of a start-up.
+# Under the wait target, changes less than this share of the measured start-up apart are gathered into one step
+# (scale-ups, before the start-up is measured, this share of the oldest starting pod's age): a pod asked that
+# much later is ready that much later (a quarter of what a new pod makes its tasks wait anyway), and a pod
+# already due to go that goes that much later idles no longer than a quarter of a start-up.
 GATHER_SHARE = 0.25
 GAPS_KEPT = 8  # idle gaps the history remembers: what a warm pod held through the next one would be worth
 # Under the wait target, the steady load is given the pods that hold a queue whose tasks wait this share of the
@@ -139,6 +140,20 @@ def _zero_at_once(spec: ScalingSpec, obs: Observation, gaps: tuple[float, ...]) 
     longer = sum(1 for g in gaps if g > window)
     kept = sum(min(g, window) + (startup if g > window else 0.0) for g in gaps)
     return 2 * longer > len(gaps) and kept > startup * len(gaps)
+
+
+def _gather(spec: ScalingSpec, obs: Observation) -> tuple[float, str]:
+    """How long after a scale-up the next one waits under the wait target, and how the reason says it:
+    GATHER_SHARE of the start-up. Before the start-up is measured, of the oldest starting pod's age, which a
+    start-up takes at least: pods asked a tick apart while a queue fills are ready a tick apart, so they are
+    asked in one step. 0 without the wait target."""
+    if spec.target_wait_seconds == 0 or spec.drain_within_seconds:
+        return 0.0, ""
+    if obs.startup_s is not None:
+        gather = obs.startup_s * GATHER_SHARE
+        return gather, f"new pods asked at most every {_fmt(gather)}s"
+    # No figure in this text: it would change every tick as the pod ages.
+    return max(obs.starting, default=0.0) * GATHER_SHARE, "new pods asked in steps while the first start"
 
 
 def _why_cold(spec: ScalingSpec, obs: Observation) -> str:
@@ -423,14 +438,14 @@ def decide(
         # An older, lower recommendation in the window can hold a scale-up back, never turn it into a scale-down.
         step_up = spec.max_step_up
         target = max(current, floor if step_up is None else min(floor, current + step_up))
-        gather = obs.startup_s * GATHER_SHARE if paced else 0.0
+        gather, gathered = _gather(spec, obs)
         if floor < recommendation:
             limited_by = "scaleUpStabilization"
             held = f"the lowest recommendation of the last {spec.scale_up_stabilization_seconds}s"
         elif current > 0 and history.last_up is not None and obs.now - history.last_up < gather:
             # Pods asked a few seconds apart are ready a few seconds apart: gather them into one step.
             target = current
-            limited_by, held = "scaleUpStabilization", f"new pods asked at most every {_fmt(gather)}s"
+            limited_by, held = "scaleUpStabilization", gathered
         elif target < recommendation:
             limited_by, held = "maxStepUp", f"at most {spec.max_step_up} added at once"
     elif recommendation < current:

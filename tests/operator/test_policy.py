@@ -674,6 +674,22 @@ def test_new_pods_are_gathered_into_one_step_per_quarter_of_a_start_up():
     assert decide(WAIT, measured(100, 1, 0, 0), history).replicas == 1
 
 
+def test_before_the_start_up_is_measured_new_pods_are_gathered_by_the_oldest_starting_pod_s_age():
+    # A queue filling before anything is measured: a pod per task. The oldest of the 3 pods still starting is
+    # 20 s old, so a start-up takes at least that: the next step waits a quarter of it (5 s) after the last.
+    filling = dict(service=None, startup=None, ready=0, starting=(20.0, 4.0, 4.0))
+    history = History(last_up=96.0)
+    d = decide(WAIT, measured(100, 9, 0, 3, **filling), history)
+    assert d.recommendation == 9 and d.replicas == 3 and d.limited_by == "scaleUpStabilization"
+    assert "new pods asked in steps while the first start" in d.reason
+    later = decide(WAIT, measured(101.5, 8, 0, 3, **filling), history)
+    assert later.replicas == 8 and later.history.last_up == 101.5
+    # No pod starting (none known yet) or no wait target: nothing is gathered, as before.
+    assert decide(WAIT, measured(100, 9, 0, 3, service=None, startup=None, ready=0), history).replicas == 9
+    off = dataclasses.replace(WAIT, target_wait_seconds=0)
+    assert decide(off, measured(100, 9, 0, 3, **filling), history).replicas == 9
+
+
 def test_a_fleet_down_to_its_recommendation_waits_a_window_before_the_next_scale_down():
     quiet = measured(100, 0, 1, 6, idle_workers=5)
     after = decide(WAIT, quiet, History(last_down=70.0))
