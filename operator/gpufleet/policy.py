@@ -147,7 +147,7 @@ def _gather(spec: ScalingSpec, obs: Observation) -> tuple[float, str]:
     GATHER_SHARE of the start-up. Before the start-up is measured, of the oldest starting pod's age, which a
     start-up takes at least: pods asked a tick apart while a queue fills are ready a tick apart, so they are
     asked in one step. 0 without the wait target."""
-    if spec.target_wait_seconds == 0 or spec.drain_within_seconds:
+    if not _wait_target_on(spec):
         return 0.0, ""
     if obs.startup_s is not None:
         gather = obs.startup_s * GATHER_SHARE
@@ -227,11 +227,15 @@ def _least(low: int, high: int, ok) -> int | None:
     return low
 
 
+def _wait_target_on(spec: ScalingSpec) -> bool:
+    """Whether the spec sizes by the wait target: it is not turned off (0) and drainWithinSeconds is not set."""
+    return spec.target_wait_seconds != 0 and not spec.drain_within_seconds
+
+
 def _sized_for_wait(spec: ScalingSpec, obs: Observation) -> bool:
-    """Whether the wait target sizes the fleet: it is not turned off (0), drainWithinSeconds is not set, and
-    the fleet's service time and start-up have been measured."""
-    on = spec.target_wait_seconds != 0 and not spec.drain_within_seconds
-    return on and bool(obs.service_s) and obs.startup_s is not None
+    """Whether the wait target sizes the fleet: it is on, and the fleet's service time and start-up have been
+    measured."""
+    return _wait_target_on(spec) and bool(obs.service_s) and obs.startup_s is not None
 
 
 def wait_target(spec: ScalingSpec, service_s: float, startup_s: float) -> float:
@@ -433,12 +437,12 @@ def decide(
         ("maxReplicas", f"maxReplicas {spec.max_replicas}") if wanted > spec.max_replicas else (None, None)
     )
     target = current
+    gather, gathered = _gather(spec, obs)
     if recommendation > current:
         floor = min(_window(new_history.recommendations, obs.now, spec.scale_up_stabilization_seconds))
         # An older, lower recommendation in the window can hold a scale-up back, never turn it into a scale-down.
         step_up = spec.max_step_up
         target = max(current, floor if step_up is None else min(floor, current + step_up))
-        gather, gathered = _gather(spec, obs)
         if floor < recommendation:
             limited_by = "scaleUpStabilization"
             held = f"the lowest recommendation of the last {spec.scale_up_stabilization_seconds}s"
@@ -461,7 +465,7 @@ def decide(
         # Under the wait target, pods that go idle at different times leave together: after a scale-down down to
         # the recommendation, the next waits a whole window; after one held above it (by the window, busy
         # workers or maxStepDown), the pods already due go as they come free, gathered like new pods.
-        pause = (obs.startup_s * GATHER_SHARE if history.down_cut else window) if paced else 0.0
+        pause = (gather if history.down_cut else window) if paced else 0.0
         if not at_once and since_down is not None and since_down < pause:
             target = current
             limited_by, held = "scaleDownStabilization", f"pods removed at most every {_fmt(pause)}s"
